@@ -1,0 +1,287 @@
+# Plans and mock-applies the modules and the example with no AWS account: `terraform test`.
+
+mock_provider "aws" {
+  mock_data "aws_availability_zones" {
+    defaults = { names = ["us-east-1a", "us-east-1b"] }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
+  mock_data "aws_region" {
+    defaults = { name = "us-east-1" }
+  }
+  mock_data "aws_partition" {
+    defaults = { partition = "aws" }
+  }
+  mock_resource "aws_batch_compute_environment" {
+    defaults = { arn = "arn:aws:batch:us-east-1:123456789012:compute-environment/mock" }
+  }
+  mock_resource "aws_iam_role" {
+    defaults = { arn = "arn:aws:iam::123456789012:role/mock" }
+  }
+  mock_resource "aws_iam_instance_profile" {
+    defaults = { arn = "arn:aws:iam::123456789012:instance-profile/mock" }
+  }
+  mock_resource "aws_s3_bucket" {
+    defaults = { arn = "arn:aws:s3:::finetune-test" }
+  }
+}
+
+variables {
+  bucket_arn     = "arn:aws:s3:::finetune-test"
+  repository_arn = "arn:aws:ecr:us-east-1:123456789012:repository/finetune"
+}
+
+run "storage_protects_and_expires" {
+  command = apply
+
+  module {
+    source = "../../modules/storage"
+  }
+
+  variables {
+    bucket_name     = "finetune-test"
+    repository_name = "finetune"
+  }
+
+  assert {
+    condition     = aws_s3_bucket_versioning.this.versioning_configuration[0].status == "Enabled"
+    error_message = "Bucket versioning must be enabled."
+  }
+
+  assert {
+    condition = alltrue([
+      aws_s3_bucket_public_access_block.this.block_public_acls,
+      aws_s3_bucket_public_access_block.this.block_public_policy,
+      aws_s3_bucket_public_access_block.this.ignore_public_acls,
+      aws_s3_bucket_public_access_block.this.restrict_public_buckets,
+    ])
+    error_message = "All public access must be blocked."
+  }
+
+  assert {
+    condition     = one(one(aws_s3_bucket_server_side_encryption_configuration.this.rule).apply_server_side_encryption_by_default).sse_algorithm == "AES256"
+    error_message = "Without a KMS key the bucket must use SSE-S3."
+  }
+
+  assert {
+    condition = anytrue([
+      for r in aws_s3_bucket_lifecycle_configuration.this.rule :
+      try(one(r.filter).prefix == "checkpoints/" && one(r.noncurrent_version_expiration).noncurrent_days == 7, false)
+    ])
+    error_message = "Old checkpoint versions must expire after 7 days."
+  }
+
+  assert {
+    condition = anytrue([
+      for r in aws_s3_bucket_lifecycle_configuration.this.rule :
+      try(r.abort_incomplete_multipart_upload[0].days_after_initiation, null) == 2
+    ])
+    error_message = "Stale multipart uploads must be aborted."
+  }
+
+  assert {
+    condition     = aws_ecr_repository.this.image_tag_mutability == "IMMUTABLE" && aws_ecr_repository.this.image_scanning_configuration[0].scan_on_push
+    error_message = "The ECR repository must have immutable tags and scan on push."
+  }
+}
+
+run "iam_scopes_s3_to_prefixes" {
+  command = apply
+
+  module {
+    source = "../../modules/iam"
+  }
+
+  variables {
+    name = "finetune"
+  }
+
+  assert {
+    condition = [
+      for s in jsondecode(aws_iam_role_policy.job_s3.policy).Statement : s.Resource if contains(s.Action, "s3:PutObject")
+      ] == [[
+        "arn:aws:s3:::finetune-test/checkpoints/*",
+        "arn:aws:s3:::finetune-test/outputs/*",
+    ]]
+    error_message = "The job role may write only under the checkpoint and output prefixes."
+  }
+
+  assert {
+    condition = [
+      for s in jsondecode(aws_iam_role_policy.job_s3.policy).Statement : s.Resource if s.Sid == "ReadInputs"
+      ] == [[
+        "arn:aws:s3:::finetune-test/data/*",
+        "arn:aws:s3:::finetune-test/models/*",
+    ]]
+    error_message = "The job role may read inputs only under the data and model prefixes."
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.sagemaker.policy).Statement :
+      contains(s.Resource, "*") == contains(["EcrLogin", "TrainingJobMetrics"], s.Sid)
+    ])
+    error_message = "Only the actions without resource-level permissions may have Resource \"*\"."
+  }
+
+  assert {
+    condition = jsonencode(jsondecode(aws_iam_role_policy.job_s3.policy).Statement) == jsonencode(
+      slice(jsondecode(aws_iam_role_policy.sagemaker.policy).Statement, 0, 3)
+    )
+    error_message = "The SageMaker role must have the same S3 scoping as the Batch job role."
+  }
+}
+
+run "batch_spot_first_with_retry_table" {
+  command = apply
+
+  module {
+    source = "../../modules/batch"
+  }
+
+  variables {
+    name                 = "finetune"
+    subnet_ids           = ["subnet-1"]
+    security_group_ids   = ["sg-1"]
+    instance_types       = ["g5.xlarge", "g6.xlarge"]
+    instance_profile_arn = "arn:aws:iam::123456789012:instance-profile/finetune"
+    service_role_arn     = "arn:aws:iam::123456789012:role/finetune-batch-service"
+    job_role_arn         = "arn:aws:iam::123456789012:role/finetune-batch-job"
+    image                = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:abc123"
+    model                = "s3://finetune-test/models/minilm/"
+    train_data           = "s3://finetune-test/data/train.jsonl"
+    output_uri           = "s3://finetune-test/outputs/run1/"
+    checkpoint_uri       = "s3://finetune-test/checkpoints/run1/"
+    extra_environment    = { FT_NUM_TRAIN_EPOCHS = "3" }
+  }
+
+  override_resource {
+    target = aws_batch_compute_environment.spot
+    values = { arn = "arn:aws:batch:us-east-1:123456789012:compute-environment/finetune-spot-1" }
+  }
+
+  override_resource {
+    target = aws_batch_compute_environment.on_demand
+    values = { arn = "arn:aws:batch:us-east-1:123456789012:compute-environment/finetune-on-demand-1" }
+  }
+
+  assert {
+    condition = (
+      aws_batch_compute_environment.spot.compute_resources[0].type == "SPOT" &&
+      aws_batch_compute_environment.spot.compute_resources[0].allocation_strategy == "SPOT_CAPACITY_OPTIMIZED" &&
+      aws_batch_compute_environment.spot.compute_resources[0].ec2_configuration[0].image_type == "ECS_AL2_NVIDIA" &&
+      aws_batch_compute_environment.spot.compute_resources[0].instance_type == toset(["g5.xlarge", "g6.xlarge"])
+    )
+    error_message = "The spot compute environment must be SPOT_CAPACITY_OPTIMIZED on the given GPU types with the NVIDIA AMI."
+  }
+
+  assert {
+    condition = [for o in aws_batch_job_queue.this.compute_environment_order : o.compute_environment] == [
+      aws_batch_compute_environment.spot.arn, aws_batch_compute_environment.on_demand.arn,
+    ]
+    error_message = "The job queue must try spot first and fall back to on-demand."
+  }
+
+  assert {
+    condition     = [for o in aws_batch_job_queue.multinode.compute_environment_order : o.compute_environment] == [aws_batch_compute_environment.on_demand.arn]
+    error_message = "The multi-node queue must hold only on-demand capacity."
+  }
+
+  assert {
+    condition = jsonencode([
+      for r in aws_batch_job_definition.this.retry_strategy[0].evaluate_on_exit :
+      [upper(r.action), r.on_exit_code, r.on_status_reason, r.on_reason]
+      ]) == jsonencode([
+      for r in jsondecode(file("../../modules/batch/retry_rules.json")) :
+      [r.action, lookup(r, "on_exit_code", null), lookup(r, "on_status_reason", null), lookup(r, "on_reason", null)]
+    ])
+    error_message = "The retry rules must be those of retry_rules.json, in order."
+  }
+
+  assert {
+    condition     = aws_batch_job_definition.this.retry_strategy[0].attempts == 5 && aws_batch_job_definition.this.timeout[0].attempt_duration_seconds == 86400
+    error_message = "The job definition must retry 5 times and time out each attempt."
+  }
+
+  assert {
+    condition = {
+      for e in jsondecode(aws_batch_job_definition.this.container_properties).environment : e.name => e.value
+      } == {
+      FT_MODEL            = "s3://finetune-test/models/minilm/"
+      FT_TRAIN_DATA       = "s3://finetune-test/data/train.jsonl"
+      FT_OUTPUT_URI       = "s3://finetune-test/outputs/run1/"
+      FT_CHECKPOINT_URI   = "s3://finetune-test/checkpoints/run1/"
+      FT_NUM_TRAIN_EPOCHS = "3"
+    }
+    error_message = "The job definition must pass the FT_* settings, and FT_EVAL_DATA only when set."
+  }
+
+  assert {
+    condition = {
+      for r in jsondecode(aws_batch_job_definition.this.container_properties).resourceRequirements : r.type => r.value
+    } == { GPU = "1", VCPU = "4", MEMORY = "14336" }
+    error_message = "The job definition must request GPU, VCPU and MEMORY."
+  }
+
+  assert {
+    condition = (
+      aws_batch_job_definition.multinode.type == "multinode" &&
+      jsondecode(aws_batch_job_definition.multinode.node_properties).numNodes == 2 &&
+      jsondecode(aws_batch_job_definition.multinode.node_properties).nodeRangeProperties[0].container == jsondecode(aws_batch_job_definition.this.container_properties) &&
+      length(aws_batch_job_definition.multinode.retry_strategy[0].evaluate_on_exit) == length(aws_batch_job_definition.this.retry_strategy[0].evaluate_on_exit)
+    )
+    error_message = "The multi-node job definition must run the same container on 2 nodes with the same retry rules."
+  }
+}
+
+run "batch_rejects_non_ft_settings" {
+  command = plan
+
+  module {
+    source = "../../modules/batch"
+  }
+
+  variables {
+    name                 = "finetune"
+    subnet_ids           = ["subnet-1"]
+    security_group_ids   = ["sg-1"]
+    instance_profile_arn = "arn:aws:iam::123456789012:instance-profile/finetune"
+    service_role_arn     = "arn:aws:iam::123456789012:role/finetune-batch-service"
+    job_role_arn         = "arn:aws:iam::123456789012:role/finetune-batch-job"
+    image                = "finetune:abc123"
+    model                = "s3://finetune-test/models/minilm/"
+    train_data           = "s3://finetune-test/data/train.jsonl"
+    output_uri           = "s3://finetune-test/outputs/run1/"
+    checkpoint_uri       = "s3://finetune-test/checkpoints/run1/"
+    extra_environment    = { HF_TOKEN = "not-a-setting" }
+    retry_attempts       = 11
+  }
+
+  expect_failures = [var.extra_environment, var.retry_attempts]
+}
+
+run "complete_example" {
+  command = apply
+
+  assert {
+    condition     = output.bucket_name == "finetune-example-123456789012-us-east-1"
+    error_message = "The example derives the bucket name from name, account and region."
+  }
+
+  assert {
+    condition = (
+      module.ci.project_name == "finetune-example" &&
+      output.codebuild_project_name == module.ci.project_name
+    )
+    error_message = "The example must expose the CodeBuild project."
+  }
+
+  assert {
+    condition = alltrue([
+      for v in [output.job_queue_name, output.job_definition_arn, output.multinode_job_queue_name, output.multinode_job_definition_arn, output.sagemaker_role_arn, output.log_group_name, output.repository_url] :
+      v != null && v != ""
+    ])
+    error_message = "The example must expose every output the launchers need."
+  }
+}
