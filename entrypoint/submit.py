@@ -121,7 +121,7 @@ def aws_errors(action: str) -> Iterator[None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune submit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="finetune submit", description="Launch a fine-tuning job on AWS Batch or SageMaker.")
     targets = parser.add_subparsers(dest="target", required=True, metavar="{batch,sagemaker}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--set", dest="settings", action="append", default=[], metavar="FT_NAME=VALUE",

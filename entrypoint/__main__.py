@@ -1,0 +1,144 @@
+"""`finetune`: the command. `train` is the job, read top to bottom in `train()`; `main()` is the
+only place exceptions become exit codes (errors.EXIT_CODES)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Mapping
+
+from . import checkpoints, errors, reporting, runtime as platform, storage
+from .errors import ExitCode, FinetuneError, Interrupted
+
+log = logging.getLogger("finetune")
+
+
+def train(environ: Mapping[str, str], started: float) -> dict:
+    """The job: settings → platform → checkpoint → data → model → Trainer → outputs."""
+    from . import data, interruption, modeling, outputs, preprocess, settings as config, training, workspace
+
+    quiet_libraries()
+    runtime = platform.detect(environ, platform.read_platform_files(environ))
+    settings = config.load_settings(environ, runtime)
+    logging.getLogger().setLevel(settings.log_level)
+    log.info("platform: %s", runtime.describe())
+    stop = interruption.StopRequest()
+    interruption.install_signal_handlers(stop)
+    poller = interruption.start_spot_poller(stop, environ, runtime, settings.spot_notice_poll_seconds)
+    work = workspace.prepare(settings.work_dir)
+    args = training.training_arguments(settings, work.checkpoints, workspace.has_cuda())
+    store = storage.open_store(config.checkpoint_uri(settings), settings.transfer_concurrency)
+    generation = checkpoints.claim_generation(store, runtime.describe())
+    resumed_step, resumed_dir = checkpoints.restore(store, work.checkpoints, settings.transfer_concurrency) or (None, None)
+    interruption.check_stop(stop, "after restoring the checkpoint")
+    splits = data.load_splits(settings, work.root)
+    model_dir = modeling.fetch_model(settings.model, work.root, settings.transfer_concurrency)
+    tokenizer = modeling.load_tokenizer(model_dir, settings.model)
+    model = modeling.load_classifier(model_dir, settings.model, splits.id2label)
+    train_ds = preprocess.tokenize(splits.train, tokenizer, settings)
+    eval_ds = preprocess.tokenize(splits.eval, tokenizer, settings) if splits.eval is not None else None
+    interruption.check_stop(stop, "before training")
+    sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last, settings.transfer_concurrency)
+    stopper, clock = interruption.StopOnRequest(stop), training.RunClock(started)
+    callbacks = [training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock]
+    trainer = training.build_trainer(args, model, tokenizer, train_ds, eval_ds, preprocess.collator(tokenizer), callbacks)
+    trainer.train(resume_from_checkpoint=str(resumed_dir) if resumed_dir else None)
+    sync.wait()
+    if poller:
+        poller.close()
+    figures = interruption.accounting(stop, stopper, sync.stats, clock.first_step_s, resumed_step, generation)
+    print(reporting.format_metrics(figures), flush=True)
+    if sync.superseded:
+        raise errors.WorldError(f"a newer attempt of this job took over {store.uri}; this attempt stopped")
+    if stopper.stopped_at_step is not None:
+        interruption.raise_interrupted(stop, figures)
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    metrics.update(global_step=trainer.state.global_step, resumed_from_step=resumed_step, **figures)
+    print(reporting.format_metrics(metrics), flush=True)
+    where = outputs.publish(outputs.save_model(trainer, work.output), metrics, settings.output_uri, settings.transfer_concurrency)
+    log.info("done: step %d, model and metrics.json at %s", trainer.state.global_step, where)
+    return metrics
+
+
+def quiet_libraries() -> None:
+    """No progress bars: in CloudWatch each redraw becomes a log line."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def write_failure_file(environ: Mapping[str, str], message: str) -> None:
+    """SageMaker shows the contents of /opt/ml/output/failure as the job's FailureReason."""
+    try:
+        files = platform.read_platform_files(environ)
+        rt = platform.detect(environ, files)
+        if rt.sagemaker is not None:
+            rt.sagemaker.failure_file.parent.mkdir(parents=True, exist_ok=True)
+            rt.sagemaker.failure_file.write_text(message[:1024])
+    except Exception:  # noqa: BLE001 - best effort: the exit code already tells the failure
+        log.debug("could not write the failure file", exc_info=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="finetune", description="Fine-tune Hugging Face models as spot-resilient batch jobs. Settings come from FT_* environment variables (see README).")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="run the fine-tuning job (SageMaker starts containers with `train`)")
+    sub.add_parser("submit", help="launch the job on AWS Batch or SageMaker (`finetune submit --help`)", add_help=False)
+    codes = sub.add_parser("exit-codes", help="print the exit-code table and the AWS Batch retry rules")
+    codes.add_argument("--json", action="store_true", help="as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    environ = dict(os.environ) if environ is None else environ
+    started = time.monotonic()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["submit"]:
+        command, rest = "submit", argv[1:]
+    else:
+        args = parser().parse_args(argv)
+        command, rest = args.command, []
+    try:
+        if command == "train":
+            train(environ, started)
+        elif command == "submit":
+            from . import submit
+
+            return submit.main(rest, environ)
+        elif command == "exit-codes":
+            return print_exit_codes(args.json)
+        return ExitCode.OK
+    except Interrupted as exc:
+        log.warning("%s", exc)
+        return exc.exit_code
+    except FinetuneError as exc:
+        # The user's and the world's errors: the message says what to do; no traceback.
+        log.error("%s", exc)
+        write_failure_file(environ, str(exc))
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - top boundary: anything unexpected is logged in full
+        log.error("unexpected error:\n%s", traceback.format_exc())
+        write_failure_file(environ, f"unexpected error: {exc!r}")
+        return ExitCode.UNEXPECTED
+
+
+def print_exit_codes(as_json: bool) -> int:
+    if as_json:
+        table = [{"code": d.code, "name": d.name, "meaning": d.meaning, "retried": d.retried} for d in errors.EXIT_CODES]
+        print(json.dumps({"exit_codes": table, "batch_retry_rules": errors.retry_rules_json()}, indent=2))
+    else:
+        for d in errors.EXIT_CODES:
+            print(f"{d.code:>4}  {d.name:<20} {'retried' if d.retried else 'not retried':<12} {d.meaning}")
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

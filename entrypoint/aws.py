@@ -1,0 +1,43 @@
+"""The one adaptor over boto3: every AWS client in the project is made here.
+
+boto3 itself honours the standard `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` variables
+(https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html), so tests point the
+whole program at a local S3 server by setting them; nothing here is patched.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import boto3
+import botocore.config
+
+# Retries use botocore's own modes: "standard" retries throttling (SlowDown, 503), 500s and
+# connection errors with exponential backoff and jitter.
+# https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html
+RETRY_MODE = "standard"
+MAX_ATTEMPTS = 8
+MAX_POOL_CONNECTIONS = 32
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _session() -> boto3.session.Session:
+    return boto3.session.Session()
+
+
+def client(service: str, region: str | None = None, max_attempts: int = MAX_ATTEMPTS):
+    """A boto3 client for `service` with the project's retry and connection-pool settings.
+
+    Clients are thread-safe; sessions are not, hence the lock around creation.
+    """
+    config = botocore.config.Config(
+        retries={"mode": RETRY_MODE, "max_attempts": max_attempts},
+        max_pool_connections=MAX_POOL_CONNECTIONS,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    with _lock:
+        session = _session()
+        return session.client(service, region_name=region or session.region_name or "us-east-1", config=config)

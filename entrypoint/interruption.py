@@ -1,0 +1,180 @@
+"""Stop requests: SIGTERM/SIGINT and the EC2 spot interruption notice only raise a flag; the
+Trainer callback acts on it at the next optimizer-step boundary (save, then stop)."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+IMDS_TOKEN_TTL_S = 21600
+IMDS_TIMEOUT_S = 1.0
+
+
+class StopRequest:
+    """A flag set by a signal handler or the notice poller; read at step boundaries."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.reason: str | None = None
+        self.signal: int | None = None
+        self.requested_at: float | None = None  # time.monotonic()
+        self.count = 0
+
+    def request(self, reason: str, signum: int | None = None) -> None:
+        # Called from a signal handler: assignments only, no I/O, no locks.
+        self.count += 1
+        if not self._event.is_set():
+            self.reason, self.signal, self.requested_at = reason, signum, time.monotonic()
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._event.wait(timeout_s)
+
+
+def install_signal_handlers(stop: StopRequest) -> None:
+    """SIGTERM (spot, docker stop, StopTrainingJob, Batch terminate) and SIGINT raise the flag.
+    A second signal changes nothing: the save already under way is not disturbed."""
+
+    def handler(signum, _frame):
+        stop.request(signal.Signals(signum).name, signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+class SpotNoticePoller(threading.Thread):
+    """Polls the instance metadata service for the two-minute spot interruption notice.
+
+    IMDSv2: a session token first (PUT), then GET spot/instance-action, which answers 404 until
+    EC2 schedules the interruption. Silent where no IMDS answers (a laptop).
+    https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html
+    """
+
+    def __init__(self, stop: StopRequest, endpoint: str, interval_s: float):
+        super().__init__(name="spot-notice", daemon=True)
+        self.stop_request = stop
+        self.endpoint = endpoint.rstrip("/")
+        self.interval_s = interval_s
+        self._token: str | None = None
+        self._token_at = 0.0
+        self._done = threading.Event()
+
+    def close(self) -> None:
+        self._done.set()
+
+    def _fetch_token(self) -> str:
+        req = urllib.request.Request(f"{self.endpoint}/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL_S)})
+        with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
+            return resp.read().decode()
+
+    def check(self) -> str | None:
+        """The notice body if an interruption is scheduled, else None."""
+        if self._token is None or time.monotonic() - self._token_at > IMDS_TOKEN_TTL_S / 2:
+            self._token, self._token_at = self._fetch_token(), time.monotonic()
+        req = urllib.request.Request(f"{self.endpoint}/latest/meta-data/spot/instance-action",
+                                     headers={"X-aws-ec2-metadata-token": self._token})
+        try:
+            with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
+                return resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                self._token = None  # token expired: fetch a new one next time
+            if exc.code in (401, 404):
+                return None
+            raise
+
+    def run(self) -> None:
+        failures = 0
+        while not self._done.wait(self.interval_s) and not self.stop_request.is_set():
+            try:
+                notice = self.check()
+                failures = 0
+            except (OSError, ValueError) as exc:
+                failures += 1
+                if failures == 3:
+                    log.debug("instance metadata service not answering (%s); still polling", exc)
+                continue
+            if notice:
+                log.warning("spot interruption notice: %s", notice)
+                self.stop_request.request("spot-interruption-notice")
+                return
+
+
+class StopOnRequest(TrainerCallback):
+    """At the first optimizer-step boundary after a stop request: save a checkpoint and stop."""
+
+    def __init__(self, stop: StopRequest):
+        self.stop = stop
+        self.stopped_at_step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.is_set() and self.stopped_at_step is None:
+            self.stopped_at_step = state.global_step
+            log.warning("stop requested (%s): saving a checkpoint at step %d, then stopping", self.stop.reason, state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def start_spot_poller(stop: StopRequest, environ, runtime, interval_s: float) -> SpotNoticePoller | None:
+    """Poll for spot notices on EC2 (AWS Batch), or wherever the endpoint variable points.
+
+    The endpoint comes from AWS_EC2_METADATA_SERVICE_ENDPOINT, botocore's name for it, and
+    AWS_EC2_METADATA_DISABLED=true turns polling off, as it does for botocore.
+    """
+    if str(environ.get("AWS_EC2_METADATA_DISABLED", "")).lower() == "true":
+        return None
+    endpoint = environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+    if not endpoint and runtime.platform != "batch":
+        return None
+    poller = SpotNoticePoller(stop, endpoint or DEFAULT_IMDS_ENDPOINT, interval_s)
+    poller.start()
+    return poller
+
+
+def check_stop(stop: StopRequest, where: str) -> None:
+    """Between stages: a stop requested before training started needs no checkpoint."""
+    if stop.is_set():
+        from .errors import ExitCode, Interrupted
+
+        log.warning("stop requested (%s) %s: nothing to save", stop.reason, where)
+        raise Interrupted(stop.reason, ExitCode.INTERRUPTED_SIGINT if stop.signal == signal.SIGINT else ExitCode.INTERRUPTED)
+
+
+def accounting(stop: StopRequest, stopper: StopOnRequest, stats, first_step_s: float | None, resumed_step: int | None, generation: int) -> dict:
+    """Preemption figures of this attempt (also printed as metric lines)."""
+    stopped = stopper.stopped_at_step
+    durable = stats.durable_step
+    baseline = durable if durable is not None else (resumed_step or 0)
+    notice_to_durable = None
+    if stopped is not None and durable == stopped and stop.requested_at is not None:
+        notice_to_durable = round(stats.durable_at - stop.requested_at, 3)
+    return {
+        "attempt": generation,
+        "interruptions": 1 if stop.is_set() else 0,
+        "steps_lost": max(0, stopped - baseline) if stopped is not None else 0,
+        "notice_to_durable_s": notice_to_durable,
+        "start_to_first_step_s": round(first_step_s, 3) if first_step_s is not None else None,
+        "upload_mb_per_s": round(stats.mb_per_s, 2) if stats.mb_per_s else None,
+        "checkpoint_upload_failures": stats.failures,
+    }
+
+
+def raise_interrupted(stop: StopRequest, figures: dict) -> None:
+    from .errors import ExitCode, Interrupted
+
+    if figures["steps_lost"]:
+        log.error("the stop checkpoint did not become durable: %d step(s) will be redone", figures["steps_lost"])
+    raise Interrupted(stop.reason or "a stop request", ExitCode.INTERRUPTED_SIGINT if stop.signal == signal.SIGINT else ExitCode.INTERRUPTED)
