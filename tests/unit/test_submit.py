@@ -258,6 +258,22 @@ def test_failed_array_job_reports_its_failed_childs_exit_code():
     assert isinstance(submit_batch.failure_error(job), UserError)
 
 
+def _client_error(code: str):
+    import botocore.exceptions
+
+    return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "m"}}, "CreateTrainingJob")
+
+
+@pytest.mark.parametrize("code, family", [
+    ("ValidationException", UserError), ("ResourceInUse", UserError), ("ClientException", UserError),
+    ("ThrottlingException", WorldError), ("ServerException", WorldError), ("InternalFailure", WorldError),
+])
+def test_refused_requests_are_user_errors_and_service_failures_world_errors(code, family):
+    with pytest.raises(family, match=f"sagemaker CreateTrainingJob was refused: {code}"):
+        with submit.aws_errors("sagemaker CreateTrainingJob"):
+            raise _client_error(code)
+
+
 # --- the command line ------------------------------------------------------------------------
 
 def test_unknown_setting_gets_a_did_you_mean_naming_the_flag(capsys):

@@ -1,0 +1,140 @@
+"""`finetune submit` as a subprocess against the moto server: what lands in Batch and SageMaker.
+
+moto runs Batch jobs in containers unless told otherwise; these tests check the submission, not
+the job, so the server is switched to `{"batch": {"use_docker": false}}` (jobs succeed at once)
+and switched back afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def finetune(args: list[str], env: dict, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "entrypoint", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **env, "HF_HUB_OFFLINE": "1"}, timeout=timeout_s)
+
+
+def _moto_config(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + "/moto-api/config", data=data, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"{}")
+
+
+@pytest.fixture
+def batch_queue(aws_env, moto_server):
+    """A job queue and job definition on the moto server; yields (queue, definition) names."""
+    before = _moto_config(moto_server).get("batch", {})
+    _moto_config(moto_server, {"batch": {"use_docker": False}})
+    suffix = uuid.uuid4().hex[:8]
+    iam, batch = boto3.client("iam"), boto3.client("batch")
+    role = iam.create_role(RoleName=f"batch-service-{suffix}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    environment = batch.create_compute_environment(
+        computeEnvironmentName=f"finetune-{suffix}", type="UNMANAGED", state="ENABLED", serviceRole=role)
+    queue = f"finetune-{suffix}"
+    batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=1, computeEnvironmentOrder=[
+        {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}])
+    definition = f"finetune-{suffix}"
+    batch.register_job_definition(
+        jobDefinitionName=definition, type="container", retryStrategy={"attempts": 3},
+        containerProperties={"image": "finetune:test", "command": ["finetune"], "resourceRequirements": [
+            {"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}]})
+    yield queue, definition
+    _moto_config(moto_server, {"batch": before})
+
+
+@pytest.fixture
+def sagemaker_role(aws_env):
+    name = f"finetune-sagemaker-{uuid.uuid4().hex[:8]}"
+    return boto3.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+
+
+def test_submit_batch_lands_settings_as_environment_overrides(aws_env, batch_queue, tmp_path):
+    queue, definition = batch_queue
+    env_file = tmp_path / "job.env"
+    env_file.write_text("FT_MODEL=distilbert-base-uncased\nFT_LEARNING_RATE=1e-4\n")
+    result = finetune(["submit", "batch", "--job-queue", queue, "--job-definition", definition,
+                       "--job-name", "sweep-1", "--env-file", str(env_file), "--set", "FT_LEARNING_RATE=3e-5",
+                       "--env", "HF_HUB_OFFLINE=1", "--array-size", "3", "--timeout-seconds", "3600",
+                       "--attempts", "2", "--wait", "--poll-seconds", "0.2"], aws_env)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert len(result.stdout.splitlines()) == 1
+    assert f"{job_id}: SUCCEEDED" in result.stderr
+
+    job = boto3.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]
+    assert job["jobName"] == "sweep-1"
+    assert job["jobQueue"].endswith(f"job-queue/{queue}")
+    environment = {e["name"]: e["value"] for e in job["container"]["environment"]}
+    assert environment["FT_LEARNING_RATE"] == "3e-5"  # --set wins over --env-file
+    assert environment["FT_MODEL"] == "distilbert-base-uncased"
+    assert environment["HF_HUB_OFFLINE"] == "1"
+    assert job["arrayProperties"]["size"] == 3
+    assert job["timeout"] == {"attemptDurationSeconds": 3600}
+
+
+def test_submit_batch_with_an_unknown_setting_exits_64_and_submits_nothing(aws_env, batch_queue):
+    queue, definition = batch_queue
+    result = finetune(["submit", "batch", "--job-queue", queue, "--job-definition", definition,
+                       "--set", "FT_LERNING_RATE=3e-5"], aws_env)
+    assert result.returncode == 64
+    assert "Did you mean FT_LEARNING_RATE?" in result.stderr
+    assert result.stdout == ""
+    listed = boto3.client("batch").list_jobs(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": ["*"]}])
+    assert listed["jobSummaryList"] == []
+
+
+def test_submit_batch_to_a_missing_queue_is_a_user_error(aws_env, batch_queue):
+    _, definition = batch_queue
+    result = finetune(["submit", "batch", "--job-queue", "no-such-queue", "--job-definition", definition], aws_env)
+    assert result.returncode == 64, result.stderr
+    assert "batch SubmitJob was refused" in result.stderr
+
+
+def test_submit_sagemaker_creates_a_managed_spot_job_with_checkpoints_and_metrics(aws_env, sagemaker_role, bucket):
+    argv = ["submit", "sagemaker", "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:1",
+            "--role", sagemaker_role, "--instance-type", "ml.g5.xlarge",
+            "--output-s3-uri", f"s3://{bucket}/jobs", "--channel", f"train=s3://{bucket}/data/train",
+            "--set", "FT_LEARNING_RATE=3e-5", "--set", "FT_NUM_TRAIN_EPOCHS=2",
+            "--env", "HF_HUB_OFFLINE=1", "--max-runtime-seconds", "3600"]
+    result = finetune(argv, aws_env)
+    assert result.returncode == 0, result.stderr
+    name = result.stdout.strip()
+    assert name.startswith("finetune-") and len(result.stdout.splitlines()) == 1
+
+    job = boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert job["EnableManagedSpotTraining"] is True
+    assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 3600
+    assert job["StoppingCondition"]["MaxWaitTimeInSeconds"] == 7200
+    assert job["CheckpointConfig"] == {"S3Uri": f"s3://{bucket}/jobs/{name}/checkpoints",
+                                       "LocalPath": "/opt/ml/checkpoints"}
+    assert job["HyperParameters"] == {"learning_rate": "3e-5", "num_train_epochs": "2"}
+    assert job["OutputDataConfig"]["S3OutputPath"] == f"s3://{bucket}/jobs"
+    assert job["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 100}
+    channel = job["InputDataConfig"][0]
+    assert channel["ChannelName"] == "train"
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{bucket}/data/train"
+    assert channel["DataSource"]["S3DataSource"]["S3DataDistributionType"] == "FullyReplicated"
+
+    # moto replaces MetricDefinitions with its own and drops Environment, so those two are checked
+    # in the request --dry-run prints, after checking that request against every field moto keeps.
+    dry = finetune([*argv, "--job-name", name, "--dry-run"], aws_env)
+    assert dry.returncode == 0, dry.stderr
+    sent = json.loads(dry.stdout)
+    for key in ("EnableManagedSpotTraining", "StoppingCondition", "CheckpointConfig", "HyperParameters",
+                "OutputDataConfig", "ResourceConfig", "InputDataConfig", "RoleArn"):
+        assert sent[key] == job[key], key
+    assert sent["Environment"] == {"HF_HUB_OFFLINE": "1"}
+    metrics = {m["Name"] for m in sent["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert {"loss", "eval_loss", "eval_accuracy"} <= metrics
