@@ -72,8 +72,8 @@ def collect_settings(pairs: Iterable[tuple[str, str, str]]) -> tuple[dict[str, s
         elif key.upper().startswith("FT_") and not SETTING_NAME_RE.match(key):
             problems.append(f"{flag} {key}: setting names are upper case, e.g. {key.upper()}")
         elif not SETTING_NAME_RE.match(key):
-            hint = (f"did you mean FT_{key.upper()}?" if ENV_NAME_RE.match(key) and not check_setting_names([key.lower()])
-                    else f"use --env {key}=... for other environment variables")
+            known = ENV_NAME_RE.match(key) and not check_setting_names([key.lower()])
+            hint = f"did you mean FT_{key.upper()}?" if known else f"use --env {key}=... for other environment variables"
             problems.append(f"{flag} {key}: only FT_* settings go here; {hint}")
         else:
             problems += [f"{flag} {p}" for p in check_setting_names([key.removeprefix("FT_").lower()])]
@@ -112,16 +112,17 @@ def aws_errors(action: str) -> Iterator[None]:
         raise UserError(f"{action}: no AWS credentials found; set AWS_PROFILE or run `aws configure`") from exc
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
-        message = f"{action} was refused: {error.get('Code')}: {error.get('Message')}"
+        detail = f"{error.get('Code')}: {error.get('Message')}"
         if error.get("Code") in USER_ERROR_CODES:
-            raise UserError(message) from exc
-        raise WorldError(message) from exc
+            raise UserError(f"{action} was refused: {detail}") from exc
+        raise WorldError(f"{action} failed: {detail}") from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise WorldError(f"{action} failed: {exc}") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune submit", description="Launch a fine-tuning job on AWS Batch or SageMaker.")
+    parser = argparse.ArgumentParser(prog="finetune submit",
+                                     description="Launch a fine-tuning job on AWS Batch or SageMaker.")
     targets = parser.add_subparsers(dest="target", required=True, metavar="{batch,sagemaker}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--set", dest="settings", action="append", default=[], metavar="FT_NAME=VALUE",

@@ -264,12 +264,13 @@ def _client_error(code: str):
     return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "m"}}, "CreateTrainingJob")
 
 
-@pytest.mark.parametrize("code, family", [
-    ("ValidationException", UserError), ("ResourceInUse", UserError), ("ClientException", UserError),
-    ("ThrottlingException", WorldError), ("ServerException", WorldError), ("InternalFailure", WorldError),
+@pytest.mark.parametrize("code, family, verb", [
+    ("ValidationException", UserError, "was refused"), ("ResourceInUse", UserError, "was refused"),
+    ("ClientException", UserError, "was refused"), ("ThrottlingException", WorldError, "failed"),
+    ("ServerException", WorldError, "failed"), ("InternalFailure", WorldError, "failed"),
 ])
-def test_refused_requests_are_user_errors_and_service_failures_world_errors(code, family):
-    with pytest.raises(family, match=f"sagemaker CreateTrainingJob was refused: {code}"):
+def test_refused_requests_are_user_errors_and_service_failures_world_errors(code, family, verb):
+    with pytest.raises(family, match=f"sagemaker CreateTrainingJob {verb}: {code}"):
         with submit.aws_errors("sagemaker CreateTrainingJob"):
             raise _client_error(code)
 
@@ -327,8 +328,9 @@ def test_duplicate_channel_is_refused(capsys):
 
 
 def test_cli_flags_reach_the_sagemaker_request(capsys):
-    request = run_dry([*SAGEMAKER_ARGV, "--no-spot", "--channel", "train=s3://my-bucket/train", "--env", "HF_HUB_OFFLINE=1",
-                       "--set", "FT_NUM_TRAIN_EPOCHS=3", "--instance-count", "2", "--max-runtime-seconds", "600"], capsys)
+    request = run_dry([*SAGEMAKER_ARGV, "--no-spot", "--channel", "train=s3://my-bucket/train",
+                       "--env", "HF_HUB_OFFLINE=1", "--set", "FT_NUM_TRAIN_EPOCHS=3", "--instance-count", "2",
+                       "--max-runtime-seconds", "600"], capsys)
     assert request["EnableManagedSpotTraining"] is False
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 600}
     assert request["ResourceConfig"]["InstanceCount"] == 2
