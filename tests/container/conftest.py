@@ -150,3 +150,15 @@ def s3_keys(bucket: str, prefix: str) -> set[str]:
 
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return {obj["Key"][len(prefix):] for page in pages for obj in page.get("Contents", [])}
+
+
+@pytest.fixture
+def run_podman():
+    """`podman` as a function, for the tests: run_podman("inspect", ...) -> CompletedProcess."""
+    return podman
+
+
+@pytest.fixture
+def list_s3(aws_env):
+    """list_s3(bucket, prefix) -> the keys under prefix, relative to it."""
+    return s3_keys
