@@ -39,7 +39,7 @@ def train(environ: Mapping[str, str], started: float) -> dict:
     splits = data.load_splits(settings, work.root)
     model_dir = modeling.fetch_model(settings.model, work.root, settings.transfer_concurrency)
     tokenizer = modeling.load_tokenizer(model_dir, settings.model)
-    model = modeling.load_classifier(model_dir, settings.model, splits.id2label)
+    model = modeling.load_classifier(model_dir, settings.model, splits.id2label, args.seed)
     train_ds = preprocess.tokenize(splits.train, tokenizer, settings)
     eval_ds = preprocess.tokenize(splits.eval, tokenizer, settings) if splits.eval is not None else None
     interruption.check_stop(stop, "before training")

@@ -100,10 +100,12 @@ def load_splits(settings, work_dir: Path) -> Splits:
     if settings.eval_data:
         evaluation = load_table(settings.eval_data, "FT_EVAL_DATA", work_dir, conc)
         require_columns(evaluation, columns, "FT_EVAL_DATA")
-    elif settings.validation_split:
-        parts = train.train_test_split(test_size=settings.validation_split, seed=settings.seed or 42)
+    eval_labels = evaluation[settings.label_column] if evaluation is not None else []
+    id2label = label_mapping(train[settings.label_column], eval_labels, settings.label_column)
+    if settings.validation_split:
+        # After the mapping, so a label that lands only in the held-out part keeps its id.
+        parts = train.train_test_split(test_size=settings.validation_split, seed=settings.seed if settings.seed is not None else 42)
         train, evaluation = parts["train"], parts["test"]
-    id2label = label_mapping(train[settings.label_column], evaluation[settings.label_column] if evaluation is not None else [], settings.label_column)
     train = encode_labels(train, settings.label_column, id2label)
     if evaluation is not None:
         evaluation = encode_labels(evaluation, settings.label_column, id2label)

@@ -58,7 +58,8 @@ RETRY_RULES: tuple[RetryRule, ...] = (
 
 
 def retry_rules_json() -> list[dict[str, str]]:
-    """RETRY_RULES in the shape of the Batch API's `evaluateOnExit` (and Terraform's)."""
+    """RETRY_RULES in Terraform's `evaluate_on_exit` shape (snake_case keys); the Batch API
+    wants camelCase (`onExitCode`...), which the launcher converts."""
     out = []
     for rule in RETRY_RULES:
         item = {"action": rule.action}

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from . import storage
 from .errors import UserError
@@ -28,8 +28,12 @@ def load_tokenizer(folder: Path, uri: str):
         raise UserError(f"FT_MODEL: cannot load a tokenizer from {uri} ({exc}). Save the tokenizer next to the model (tokenizer.save_pretrained).") from exc
 
 
-def load_classifier(folder: Path, uri: str, id2label: dict[int, str]):
-    """A sequence-classification model with a head for `id2label` (a new head if sizes differ)."""
+def load_classifier(folder: Path, uri: str, id2label: dict[int, str], seed: int):
+    """A sequence-classification model with a head for `id2label` (a new head if sizes differ).
+
+    The new head's initial weights come from `seed`, so two runs of the same job start equal.
+    """
+    set_seed(seed)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             str(folder),

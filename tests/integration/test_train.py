@@ -1,0 +1,105 @@
+"""`finetune train` end to end: a subprocess against the moto S3 server, real SIGTERMs."""
+import json
+import signal
+
+import pytest
+
+from tests.support import jobs, tiny
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    rows = tiny.sst2_rows("train", 400)
+    tiny.build_tiny_bert(root / "model", [r["text"] for r in rows])
+    tiny.write_csv(root / "train.csv", rows[:320])
+    tiny.write_csv(root / "eval.csv", rows[320:])
+    return root
+
+
+@pytest.fixture
+def job_inputs(tiny_assets, bucket):
+    model = jobs.upload_folder(tiny_assets / "model", bucket, "models/tiny/")
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.upload_file(str(tiny_assets / "train.csv"), bucket, "data/train.csv")
+    s3.upload_file(str(tiny_assets / "eval.csv"), bucket, "data/eval.csv")
+    return {"model": model, "train_data": f"s3://{bucket}/data/train.csv", "eval_data": f"s3://{bucket}/data/eval.csv",
+            "num_train_epochs": "3", "per_device_train_batch_size": "4", "save_steps": "25", "logging_steps": "5",
+            "seed": "7"}
+
+
+def settings(job_inputs, bucket, run, tmp_path):
+    return dict(job_inputs, output_uri=f"s3://{bucket}/runs/{run}/", work_dir=str(tmp_path / f"work-{run}"))
+
+
+def final_weights(bucket, run):
+    return jobs.load_safetensors(jobs.s3_bytes(bucket, f"runs/{run}/model.safetensors"))
+
+
+def test_sigterm_checkpoints_to_s3_exits_143_and_resume_is_bitwise_identical(aws_env, bucket, job_inputs, tmp_path):
+    rc, out = jobs.run(jobs.child_env(aws_env, **settings(job_inputs, bucket, "straight", tmp_path)), tmp_path)
+    assert rc == 0, out[-3000:]
+
+    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "interrupted", tmp_path))
+    job = jobs.Job(env, tmp_path)
+    job.wait_for("[metrics] step=30 ")
+    job.signal(signal.SIGTERM)
+    job.signal(signal.SIGTERM)  # a second signal must not disturb the save under way
+    assert job.finish() == 143, job.output()[-3000:]
+    line = job.wait_for("saving a checkpoint at step")
+    stopped = int(line.rsplit("step ", 1)[1].split(",")[0])
+    assert 30 <= stopped < 240
+    keys = jobs.s3_keys(bucket, "runs/interrupted/checkpoints/")
+    assert f"runs/interrupted/checkpoints/checkpoint-{stopped:09d}-g0001/finetune-manifest.json" in keys
+    assert "steps_lost=0" in job.output()
+    assert not any(k.startswith("runs/interrupted/model") for k in jobs.s3_keys(bucket, "runs/interrupted/"))
+
+    rc, out = jobs.run(env, tmp_path)
+    assert rc == 0, out[-3000:]
+    assert f"restored checkpoint checkpoint-{stopped:09d}-g0001 (step {stopped})" in out
+    metrics = json.loads(jobs.s3_bytes(bucket, "runs/interrupted/metrics.json"))
+    assert metrics["resumed_from_step"] == stopped and metrics["global_step"] == 240
+    assert metrics["eval_accuracy"] is not None
+
+    straight, resumed = final_weights(bucket, "straight"), final_weights(bucket, "interrupted")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert (straight[name] == resumed[name]).all(), name
+
+
+def test_outputs_are_a_loadable_model_with_labels(aws_env, bucket, job_inputs, tmp_path):
+    rc, out = jobs.run(jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "r", tmp_path), max_steps="10")), tmp_path)
+    assert rc == 0, out[-3000:]
+    keys = jobs.s3_keys(bucket, "runs/r/")
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json"):
+        assert f"runs/r/{name}" in keys
+    config = json.loads(jobs.s3_bytes(bucket, "runs/r/config.json"))
+    assert config["id2label"] == {"0": "0", "1": "1"}
+    metrics = json.loads(jobs.s3_bytes(bucket, "runs/r/metrics.json"))
+    assert metrics["global_step"] == 10 and metrics["resumed_from_step"] is None
+    assert 0 <= metrics["eval_accuracy"] <= 1
+
+
+def test_bad_settings_exit_64_with_every_problem_and_no_traceback(aws_env, bucket, job_inputs, tmp_path):
+    env = jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "bad", tmp_path), save_steps="ten", lerning_rate="1"))
+    rc, out = jobs.run(env, tmp_path)
+    assert rc == 64
+    assert "FT_SAVE_STEPS is invalid" in out and "Did you mean FT_LEARNING_RATE?" in out
+    assert "Traceback" not in out
+    assert jobs.s3_keys(bucket, "runs/bad/") == {}  # failed before touching anything
+
+
+def test_missing_column_is_a_user_error(aws_env, bucket, job_inputs, tmp_path):
+    env = jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "col", tmp_path), text_column="sentence"))
+    rc, out = jobs.run(env, tmp_path)
+    assert rc == 64 and "no column 'sentence' (from FT_TEXT_COLUMN)" in out and "Traceback" not in out
+
+
+def test_missing_model_is_a_user_error(aws_env, bucket, job_inputs, tmp_path):
+    env = jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "nomodel", tmp_path), model=f"s3://{bucket}/nothing/"))
+    rc, out = jobs.run(env, tmp_path)
+    assert rc == 64 and "Nothing found at s3://" in out and "Traceback" not in out

@@ -1,0 +1,123 @@
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from entrypoint import checkpoints as ck
+from entrypoint.storage import LocalStore
+
+
+def listing_for(*specs):
+    """specs: (name, {rel: size}, complete?) -> (listing, manifests)."""
+    listing, manifests = {}, {}
+    for name, files, complete in specs:
+        for rel, size in files.items():
+            listing[f"{name}/{rel}"] = size
+        if complete is not None:
+            listing[f"{name}/{ck.MANIFEST}"] = 100
+            sizes = files if complete else {**files, "optimizer.pt": 999}
+            manifests[name] = {"format": ck.FORMAT, "files": {rel: {"size": s} for rel, s in sizes.items()}}
+    return listing, manifests
+
+
+def test_newest_complete_wins_and_incomplete_newer_ones_are_skipped():
+    listing, manifests = listing_for(
+        ("checkpoint-000000010-g0001", {"model.safetensors": 5}, True),
+        ("checkpoint-000000020-g0001", {"model.safetensors": 5}, False),  # a file missing
+        ("checkpoint-000000030-g0002", {"model.safetensors": 5}, None),  # no manifest yet
+    )
+    found = ck.checkpoints_from(listing, manifests)
+    assert [c.step for c in found] == [30, 20, 10]
+    assert ck.latest_complete(found).name == "checkpoint-000000010-g0001"
+
+
+def test_a_file_of_the_wrong_size_makes_a_checkpoint_incomplete():
+    listing, manifests = listing_for(("checkpoint-000000010-g0001", {"a": 5}, True))
+    listing["checkpoint-000000010-g0001/a"] = 4
+    assert ck.latest_complete(ck.checkpoints_from(listing, manifests)) is None
+
+
+def test_no_checkpoint_at_all():
+    assert ck.latest_complete(ck.checkpoints_from({"_attempts/000001": 3, "other/x": 1}, {})) is None
+
+
+def test_retention_keeps_newest_n_and_the_best_and_never_the_only_complete():
+    specs = [(ck.store_name(step, 1), {"w": 1}, True) for step in (10, 20, 30, 40)]
+    found = ck.checkpoints_from(*listing_for(*specs))
+    assert [c.step for c in ck.to_delete(found, keep_last=2, best_step=None)] == [20, 10]
+    assert [c.step for c in ck.to_delete(found, keep_last=2, best_step=10)] == [20]
+    only = ck.checkpoints_from(*listing_for((ck.store_name(10, 1), {"w": 1}, True), (ck.store_name(20, 1), {"w": 1}, None)))
+    assert ck.to_delete(only, keep_last=1, best_step=None) == []
+
+
+def test_retention_removes_incomplete_leftovers_older_than_the_newest_complete():
+    found = ck.checkpoints_from(*listing_for(
+        (ck.store_name(10, 1), {"w": 1}, None), (ck.store_name(20, 1), {"w": 1}, True), (ck.store_name(30, 2), {"w": 1}, None)))
+    assert [c.step for c in ck.to_delete(found, keep_last=1, best_step=None)] == [10]
+
+
+def test_nothing_is_deleted_while_nothing_is_complete():
+    found = ck.checkpoints_from(*listing_for((ck.store_name(10, 1), {"w": 1}, None)))
+    assert ck.to_delete(found, keep_last=1, best_step=None) == []
+
+
+def make_checkpoint(folder: Path, step: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(bytes([step % 256]) * 1000)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_sync_uploads_with_manifest_last_and_restore_verifies(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    generation = ck.claim_generation(store, "test")
+    sync = ck.CheckpointSync(store, tmp_path / "staging", generation, keep_last=1)
+    for step in (5, 10):
+        sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
+        assert sync.wait(30)
+    assert sync.stats.durable_step == 10
+    names = {c.name for c in ck.scan(store)}
+    assert names == {ck.store_name(10, generation)}  # retention kept one
+    step, folder = ck.restore(store, tmp_path / "restored")
+    assert step == 10 and (folder / "model.safetensors").read_bytes() == bytes([10]) * 1000
+
+
+def test_restore_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
+    store = LocalStore(str(tmp_path / "store"))
+    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=5)
+    for step in (5, 10):
+        sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
+        assert sync.wait(30)
+    newest = store.root / ck.store_name(10, 1) / "model.safetensors"
+    newest.write_bytes(b"\xff" * 1000)  # same size, different bytes
+    step, _ = ck.restore(store, tmp_path / "restored")
+    assert step == 5
+    assert "checksum mismatch" in caplog.text
+
+
+def test_generations_are_unique_and_a_stale_attempt_is_fenced(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    first = ck.claim_generation(store, "a")
+    second = ck.claim_generation(store, "b")
+    assert (first, second) == (1, 2)
+    stale = ck.CheckpointSync(store, tmp_path / "staging", first, keep_last=1)
+    stale.submit(7, make_checkpoint(tmp_path / "t" / "checkpoint-7", 7))
+    assert stale.wait(30)
+    assert stale.superseded and stale.stats.durable_step is None
+    assert ck.latest_complete(ck.scan(store)) is None
+
+
+def test_queued_checkpoints_collapse_to_the_newest(tmp_path):
+    class SlowStore(LocalStore):
+        def upload_file(self, path, key):
+            time.sleep(0.05)
+            super().upload_file(path, key)
+
+    store = SlowStore(str(tmp_path / "store"))
+    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=10)
+    for step in range(1, 6):
+        sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
+    assert sync.wait(30)
+    steps = [c.step for c in ck.scan(store) if c.complete]
+    assert steps[0] == 5 and len(steps) < 5
