@@ -11,7 +11,8 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-packages=(podman runc debootstrap uidmap fuse-overlayfs)
+# catatonit backs `podman run --init` (what `docker run --init` does with docker-init).
+packages=(podman runc catatonit debootstrap uidmap fuse-overlayfs)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -61,12 +61,15 @@ def test_train_in_the_container_puts_the_model_in_s3(image, aws_env, bucket, s3_
     assert metrics["global_step"] == int(s3_job["FT_MAX_STEPS"])
 
 
-def test_sigterm_reaches_the_job_through_tini(image, aws_env, bucket, s3_job, run_podman, list_s3):
-    """`docker stop` (as on a spot interruption) makes the job checkpoint to S3 and exit 143."""
+@pytest.mark.parametrize("init", [False, True], ids=["tini", "tini-under-run-init"])
+def test_sigterm_reaches_the_job_through_tini(init, image, aws_env, bucket, s3_job, run_podman, list_s3):
+    """`docker stop` (as on a spot interruption) makes the job checkpoint to S3 and exit 143,
+    also when `docker run --init` puts another init in front of tini."""
     podman = run_podman
     env = {**aws_env, **RUN_ENV, **s3_job, "FT_MAX_STEPS": "100000", "FT_SAVE_STEPS": "100000"}
     name = f"finetune-sigterm-{uuid.uuid4().hex[:8]}"
-    podman("run", "--detach", "--name", name, "--network", "host", *env_args(env), image)
+    podman("run", "--detach", *(["--init"] if init else []), "--name", name, "--network", "host",
+           *env_args(env), image)
     try:
         # Stop once training runs (the job logs its steps), not while it is still starting.
         deadline = time.monotonic() + 300
