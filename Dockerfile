@@ -7,8 +7,9 @@
 #
 # The "base" CUDA flavour is enough: PyTorch's Linux wheels bring their own CUDA and cuDNN
 # libraries, so a "runtime" or "cudnn" base would only add a second copy of them. The base image
-# provides the NVIDIA container-toolkit settings and the driver-version check. Any apt-based image
-# with Python >= 3.10 works (the tests use a debootstrapped Debian bookworm).
+# provides the driver-version check. Any apt-based image with Python >= 3.10 works (the tests use a
+# debootstrapped Debian bookworm); NVIDIA_DRIVER_CAPABILITIES below makes `--gpus all` mount the
+# compute libraries on a base that does not set it. Which GPUs are visible is left to the runner.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 
 FROM ${BASE_IMAGE}
@@ -36,7 +37,6 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TINI_SUBREAPER=1 \
-    NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # A virtual environment keeps pip away from the distribution's Python (PEP 668).
