@@ -1,9 +1,5 @@
 data "aws_caller_identity" "current" {}
 
-data "aws_availability_zones" "available" {
-  state = "available"
-}
-
 locals {
   bucket_name = coalesce(var.bucket_name, "${var.name}-${data.aws_caller_identity.current.account_id}-${var.region}")
   bucket_uri  = "s3://${module.storage.bucket_name}"
@@ -24,7 +20,7 @@ resource "aws_default_security_group" "this" {
 resource "aws_subnet" "this" {
   vpc_id            = aws_vpc.this.id
   cidr_block        = cidrsubnet(var.vpc_cidr, 4, 0)
-  availability_zone = data.aws_availability_zones.available.names[0]
+  availability_zone = coalesce(var.availability_zone, "${var.region}a")
   tags              = { Name = "${var.name}-private" }
 }
 

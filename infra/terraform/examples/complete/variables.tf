@@ -28,6 +28,12 @@ variable "source_location" {
   default     = "https://github.com/example/finetune.git"
 }
 
+variable "availability_zone" {
+  description = "Availability zone of the example subnet. Null uses the region's zone \"a\"."
+  type        = string
+  default     = null
+}
+
 variable "vpc_cidr" {
   description = "CIDR block of the example VPC."
   type        = string

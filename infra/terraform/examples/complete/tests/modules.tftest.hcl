@@ -1,9 +1,6 @@
 # Plans and mock-applies the modules and the example with no AWS account: `terraform test`.
 
 mock_provider "aws" {
-  mock_data "aws_availability_zones" {
-    defaults = { names = ["us-east-1a", "us-east-1b"] }
-  }
   mock_data "aws_caller_identity" {
     defaults = { account_id = "123456789012" }
   }
