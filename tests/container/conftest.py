@@ -2,8 +2,11 @@
 tiny model plus data in S3 (the moto server of tests/conftest.py).
 
 The image tests need root, podman configured by scripts/container/setup-podman.sh and the Debian
-mirror (for the base image and apt) plus PyPI (for pip inside the build). Set
-FINETUNE_TEST_IMAGE to test an image that is already built instead of building one.
+mirror (for the base image and apt) plus PyPI (for pip inside the build). Environment:
+  FINETUNE_TEST_IMAGE             test this already-built image instead of building one
+  FINETUNE_TEST_BASE_IMAGE        base image (default: localhost/finetune-base:bookworm, built here)
+  FINETUNE_TEST_TORCH             torch requirement (default: torch==2.13.0, a CPU wheel on disk)
+  FINETUNE_TEST_TORCH_INDEX_URL   take torch from this index instead of the local wheel
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = os.environ.get("FINETUNE_TEST_BASE_IMAGE", "localhost/finetune-base:bookworm")
 TEST_IMAGE = "localhost/finetune:test"
 TORCH_REQUIREMENT = os.environ.get("FINETUNE_TEST_TORCH", "torch==2.13.0")
+TORCH_INDEX_URL = os.environ.get("FINETUNE_TEST_TORCH_INDEX_URL", "")
 # The CAs this machine trusts (a TLS-inspecting proxy's among them), lent to pip during the build.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -49,15 +53,19 @@ def image(podman_ready, tmp_path_factory) -> str:
     if prebuilt:
         return prebuilt
     base = build_base_image()
-    # pip on this machine finds the CPU wheel (a find-links directory); hand the same file in.
-    wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels),
-                    TORCH_REQUIREMENT], check=True, timeout=600)
     cmd = ["build", "--format", "docker", "--tag", TEST_IMAGE,
            "--build-arg", f"BASE_IMAGE={base}",
-           "--build-arg", f"TORCH_REQUIREMENT={TORCH_REQUIREMENT}",
-           "--build-arg", "TORCH_FIND_LINKS=/wheels",
-           "--volume", f"{wheels}:/wheels:ro"]
+           "--build-arg", f"TORCH_REQUIREMENT={TORCH_REQUIREMENT}"]
+    if TORCH_INDEX_URL:
+        cmd += ["--build-arg", f"TORCH_INDEX_URL={TORCH_INDEX_URL}"]
+    else:
+        # pip on the build machines finds the CPU wheel in a find-links directory: hand the same
+        # file to the build. (Elsewhere this would fetch PyPI's multi-GB CUDA build: set
+        # FINETUNE_TEST_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu instead.)
+        wheels = tmp_path_factory.mktemp("wheels")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels),
+                        TORCH_REQUIREMENT], check=True, timeout=600)
+        cmd += ["--build-arg", "TORCH_FIND_LINKS=/wheels", "--volume", f"{wheels}:/wheels:ro"]
     if HOST_CA_BUNDLE.is_file():
         cmd += ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
     result = podman(*cmd, str(REPO), check=False)
