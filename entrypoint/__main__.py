@@ -56,9 +56,11 @@ def train(environ: Mapping[str, str], started: float) -> dict:
     if sync.superseded:
         raise errors.WorldError(f"a newer attempt of this job took over {store.uri}; this attempt stopped")
     if stopper.stopped_at_step is not None:
+        checkpoints.record_attempt_end(store, generation, "interrupted", figures)
         interruption.raise_interrupted(stop, figures)
     metrics = trainer.evaluate() if eval_ds is not None else {}
-    metrics.update(global_step=trainer.state.global_step, resumed_from_step=resumed_step, **figures)
+    totals = interruption.run_totals(checkpoints.attempt_history(store), generation, figures)
+    metrics.update(global_step=trainer.state.global_step, resumed_from_step=resumed_step, **figures, **{f"run_{k}": v for k, v in totals.items()})
     print(reporting.format_metrics(metrics), flush=True)
     where = outputs.publish(outputs.save_model(trainer, work.output), metrics, settings.output_uri, settings.transfer_concurrency)
     log.info("done: step %d, model and metrics.json at %s", trainer.state.global_step, where)

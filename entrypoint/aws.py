@@ -27,17 +27,24 @@ def _session() -> boto3.session.Session:
     return boto3.session.Session()
 
 
-def client(service: str, region: str | None = None, max_attempts: int = MAX_ATTEMPTS):
+def client(service: str, region: str | None = None):
     """A boto3 client for `service` with the project's retry and connection-pool settings.
 
-    Clients are thread-safe; sessions are not, hence the lock around creation.
+    The standard AWS_MAX_ATTEMPTS / AWS_RETRY_MODE variables (or the AWS config file) win over
+    the project's defaults. Clients are thread-safe; sessions are not, hence the lock.
     """
-    config = botocore.config.Config(
-        retries={"mode": RETRY_MODE, "max_attempts": max_attempts},
-        max_pool_connections=MAX_POOL_CONNECTIONS,
-        connect_timeout=10,
-        read_timeout=60,
-    )
     with _lock:
         session = _session()
+        chain = session._session  # botocore's own config chain: environment, then config file
+        retries = {
+            "mode": chain.get_config_variable("retry_mode") if _configured(chain, "retry_mode") else RETRY_MODE,
+            "total_max_attempts": int(chain.get_config_variable("max_attempts") or MAX_ATTEMPTS),
+        }
+        config = botocore.config.Config(retries=retries, max_pool_connections=MAX_POOL_CONNECTIONS,
+                                        connect_timeout=10, read_timeout=60)
         return session.client(service, region_name=region or session.region_name or "us-east-1", config=config)
+
+
+def _configured(chain, name: str) -> bool:
+    """Whether the user set `name` (botocore reports a default for retry_mode otherwise)."""
+    return chain.get_config_variable(name, methods=("env", "config")) is not None

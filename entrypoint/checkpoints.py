@@ -295,3 +295,22 @@ class CheckpointSync:
         if doomed:
             delete_checkpoints(self.store, doomed)
             log.info("retention removed %s", ", ".join(c.name for c in doomed))
+
+
+def record_attempt_end(store: storage.Store, generation: int, outcome: str, figures: dict) -> None:
+    """Note how an attempt ended next to its claim, for the run's preemption accounting."""
+    payload = json.dumps({"outcome": outcome, **figures}).encode()
+    store.write_bytes(f"{ATTEMPTS}{generation:06d}.end.json", payload)
+
+
+def attempt_history(store: storage.Store) -> list[dict]:
+    """The recorded endings of earlier attempts (killed attempts record nothing)."""
+    out = []
+    for key in sorted(store.list(ATTEMPTS)):
+        if key.endswith(".end.json"):
+            raw = store.read_bytes(key)
+            try:
+                out.append(json.loads(raw) if raw else {})
+            except ValueError:
+                continue
+    return out

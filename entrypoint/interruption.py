@@ -172,6 +172,16 @@ def accounting(stop: StopRequest, stopper: StopOnRequest, stats, first_step_s: f
     }
 
 
+def run_totals(history: list[dict], generation: int, figures: dict) -> dict:
+    """Preemption figures of the whole run: this attempt plus the endings earlier ones recorded."""
+    interrupted = [h for h in history if h.get("outcome") == "interrupted"]
+    return {
+        "restarts": generation - 1,
+        "interruptions": len(interrupted) + figures["interruptions"],
+        "steps_lost": sum(int(h.get("steps_lost") or 0) for h in interrupted) + figures["steps_lost"],
+    }
+
+
 def raise_interrupted(stop: StopRequest, figures: dict) -> None:
     from .errors import ExitCode, Interrupted
 

@@ -88,17 +88,37 @@ def _check_resources(out: dict, name: str) -> None:
     assert project["environment"]["privilegedMode"] is True
 
 
-def _submit_help_works(env: dict) -> None:
-    """The launcher, when it exists, takes the outputs as its arguments."""
-    submit = subprocess.run([sys.executable, "-m", "entrypoint", "submit", "--help"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
-    if submit.returncode != 0:
-        print("`python -m entrypoint submit` not available; skipped the launcher check")
-        return
-    batch = subprocess.run([sys.executable, "-m", "entrypoint", "submit", "batch", "--help"], cwd=REPO,
-                           env=env, capture_output=True, text=True, timeout=120)
-    assert batch.returncode == 0, batch.stdout + batch.stderr
-    assert "--job-queue" in batch.stdout and "--job-definition" in batch.stdout
+def _finetune(env: dict, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "entrypoint", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip()
+
+
+def _submit_to_what_terraform_made(env: dict, out: dict, moto_server: str) -> None:
+    """`finetune submit batch` to the queue and definition, `submit sagemaker` with the role."""
+    import urllib.request
+
+    # No container engine here: moto is told not to run the Batch job's container.
+    request = urllib.request.Request(f"{moto_server}/moto-api/config", data=json.dumps({"batch": {"use_docker": False}}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+    bucket = out["bucket_name"]
+    job_id = _finetune(env, "submit", "batch", "--job-queue", out["job_queue_name"], "--job-definition", out["job_definition_arn"],
+                       "--set", f"FT_TRAIN_DATA=s3://{bucket}/data/train.csv", "--set", "FT_LEARNING_RATE=3e-5")
+    job = boto3.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]
+    assert job["jobQueue"].endswith(out["job_queue_name"]) and job["jobDefinition"] == out["job_definition_arn"]
+    overrides = {e["name"]: e["value"] for e in job["container"]["environment"]}
+    assert overrides["FT_LEARNING_RATE"] == "3e-5"
+
+    name = _finetune(env, "submit", "sagemaker", "--image", f"{out['repository_url']}:test", "--role", out["sagemaker_role_arn"],
+                     "--instance-type", "ml.g5.xlarge", "--output-s3-uri", f"s3://{bucket}/outputs/",
+                     "--checkpoint-s3-uri", f"s3://{bucket}/checkpoints/sm/", "--channel", f"train=s3://{bucket}/data/",
+                     "--set", f"FT_MODEL=s3://{bucket}/models/minilm/")
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert described["RoleArn"] == out["sagemaker_role_arn"]
+    assert described["EnableManagedSpotTraining"] is True
+    assert described["CheckpointConfig"]["S3Uri"] == f"s3://{bucket}/checkpoints/sm/"
 
 
 def test_apply_and_destroy_example_on_moto(example_root, moto_server, aws_env):
@@ -117,7 +137,7 @@ def test_apply_and_destroy_example_on_moto(example_root, moto_server, aws_env):
         assert shown.returncode == 0, shown.stderr
         out = {k: v["value"] for k, v in json.loads(shown.stdout).items()}
         _check_resources(out, name)
-        _submit_help_works(dict(env, HF_HUB_OFFLINE="1"))
+        _submit_to_what_terraform_made(dict(env, HF_HUB_OFFLINE="1"), out, moto_server)
     finally:
         started = time.monotonic()
         destroyed = run_terraform(["destroy", "-auto-approve", *tf_vars], example_root, env=env, timeout_s=900)

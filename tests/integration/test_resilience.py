@@ -1,0 +1,206 @@
+"""Spot resilience end to end: the spot notice, kill -9 at random moments, a misbehaving S3,
+a stale attempt still writing, and SageMaker's synced checkpoint folder."""
+import json
+import os
+import random
+import shutil
+import signal
+import time
+
+import pytest
+
+from entrypoint import checkpoints as ck
+from entrypoint.storage import S3Store
+from tests.integration.conftest import assert_same_weights, final_weights, settings
+from tests.support import jobs
+from tests.support.fakes import FakeIMDS, FaultProxy
+
+pytestmark = pytest.mark.integration
+
+
+def baseline(aws_env, bucket, job_inputs, tmp_path, **extra):
+    rc, out = jobs.run(jobs.child_env(aws_env, **settings(job_inputs, bucket, "baseline", tmp_path, **extra)), tmp_path)
+    assert rc == 0, out[-3000:]
+    return final_weights(bucket, "baseline")
+
+
+def all_complete_checkpoints_verify(bucket, prefix, tmp_path):
+    store = S3Store(f"s3://{bucket}/{prefix}")
+    found = [c for c in ck.scan(store) if c.complete]
+    assert found, "no complete checkpoint"
+    for cp in found:
+        for rel, meta in cp.manifest["files"].items():
+            data = jobs.s3_bytes(bucket, f"{prefix}{cp.name}/{rel}")
+            assert len(data) == meta["size"]
+            assert __import__("hashlib").sha256(data).hexdigest() == meta["sha256"], (cp.name, rel)
+    return found
+
+
+def test_spot_notice_checkpoints_and_exits_143_with_zero_steps_lost(aws_env, bucket, job_inputs, tmp_path):
+    expected = baseline(aws_env, bucket, job_inputs, tmp_path)
+    imds = FakeIMDS()
+    try:
+        env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "notice", tmp_path, spot_notice_poll_seconds="0.2"))
+        env.pop("AWS_EC2_METADATA_DISABLED")
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.url
+        job = jobs.Job(env, tmp_path)
+        job.wait_for("[metrics] step=20 ")
+        imds.notice()
+        assert job.finish() == 143, job.output()[-3000:]
+        assert imds.token_requests >= 1 and imds.polls_with_token >= 2  # IMDSv2: token first
+        out = job.output()
+        assert "spot interruption notice" in out and "steps_lost=0" in out
+        assert "notice_to_durable_s=" in out
+        imds.notice_body = None
+        rc, out = jobs.run(env, tmp_path)
+        assert rc == 0, out[-3000:]
+    finally:
+        imds.close()
+    metrics = json.loads(jobs.s3_bytes(bucket, "runs/notice/metrics.json"))
+    assert metrics["run_interruptions"] == 1 and metrics["run_steps_lost"] == 0 and metrics["run_restarts"] == 1
+    assert_same_weights(expected, final_weights(bucket, "notice"))
+
+
+def kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills: int, seed: int):
+    """Start the job, SIGKILL it after a random delay, again and again; then let it finish."""
+    expected = baseline(aws_env, bucket, job_inputs, tmp_path, save_steps="5")
+    rng = random.Random(seed)
+    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "killed", tmp_path, save_steps="5", checkpoint_keep_last="1"))
+    done, restored, lives = 0, [], 0
+    while True:
+        lives += 1
+        job = jobs.Job(env, tmp_path)
+        if done < kills:
+            try:
+                job.wait_for("[metrics] step=", timeout_s=120)  # training has started: kill mid-work
+            except AssertionError:
+                pass
+            time.sleep(rng.uniform(0.0, 1.5))
+        if done < kills and job.proc.poll() is None:
+            job.proc.send_signal(signal.SIGKILL)
+            job.finish()
+            done += 1
+        else:
+            rc = job.finish()
+            assert rc == 0, job.output()[-3000:]
+            break
+        out = job.output()
+        assert "Traceback" not in out, out[-3000:]
+        restored += [line for line in out.splitlines() if "restored checkpoint" in line]
+    assert done == kills and lives == kills + 1
+    assert restored, "no restart ever resumed from a checkpoint"
+    assert_same_weights(expected, final_weights(bucket, "killed"))
+    all_complete_checkpoints_verify(bucket, "runs/killed/checkpoints/", tmp_path)
+
+
+def test_kill_9_campaign_short(aws_env, bucket, job_inputs, tmp_path):
+    kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=5, seed=1234)
+
+
+@pytest.mark.slow
+def test_kill_9_campaign_long(aws_env, bucket, job_inputs, tmp_path):
+    kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=25, seed=20261129)
+
+
+def test_flaky_s3_retries_and_the_job_finishes_identically(aws_env, bucket, job_inputs, tmp_path):
+    expected = baseline(aws_env, bucket, job_inputs, tmp_path)
+    proxy = FaultProxy(aws_env["AWS_ENDPOINT_URL"], rate=0.15, seed=7)
+    try:
+        env = jobs.child_env(dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "flaky", tmp_path))
+        env["AWS_MAX_ATTEMPTS"] = "10"
+        rc, out = jobs.run(env, tmp_path)
+        assert rc == 0, out[-3000:]
+    finally:
+        proxy.close()
+    assert sum(proxy.injected.values()) >= 5, proxy.injected
+    assert_same_weights(expected, final_weights(bucket, "flaky"))
+    all_complete_checkpoints_verify(bucket, "runs/flaky/checkpoints/", tmp_path)
+
+
+def test_a_failed_checkpoint_upload_is_logged_and_training_goes_on(aws_env, bucket, job_inputs, tmp_path):
+    proxy = FaultProxy(aws_env["AWS_ENDPOINT_URL"], fail_paths=("checkpoint-000000025-",))
+    try:
+        env = jobs.child_env(dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "ckfail", tmp_path))
+        env["AWS_MAX_ATTEMPTS"] = "2"
+        rc, out = jobs.run(env, tmp_path)
+    finally:
+        proxy.close()
+    assert rc == 0, out[-3000:]
+    assert "upload of checkpoint 25 failed" in out
+    assert "checkpoint_upload_failures=1" in out
+    steps = [c.step for c in all_complete_checkpoints_verify(bucket, "runs/ckfail/checkpoints/", tmp_path)]
+    assert 25 not in steps and max(steps) == 240
+
+
+def test_a_failed_final_model_upload_fails_the_job(aws_env, bucket, job_inputs, tmp_path):
+    proxy = FaultProxy(aws_env["AWS_ENDPOINT_URL"], fail_paths=("runs/final/model.safetensors",))
+    try:
+        env = jobs.child_env(dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "final", tmp_path, max_steps="20"))
+        env["AWS_MAX_ATTEMPTS"] = "2"
+        rc, out = jobs.run(env, tmp_path)
+    finally:
+        proxy.close()
+    assert rc == 75, out[-3000:]
+    assert "runs/final/metrics.json" not in jobs.s3_keys(bucket, "runs/final/")  # never taken for complete
+
+
+def test_a_stale_attempt_cannot_corrupt_the_newer_one(aws_env, bucket, job_inputs, tmp_path):
+    extra = dict(num_train_epochs="20", save_steps="50", logging_steps="50")
+    expected = baseline(aws_env, bucket, job_inputs, tmp_path, **extra)
+    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "twice", tmp_path, **extra))
+    stale = jobs.Job(env, tmp_path)
+    stale.wait_for("[metrics] step=100 ")
+    newer = jobs.Job(dict(env, FT_WORK_DIR=str(tmp_path / "work-newer")), tmp_path)
+    rc_newer, rc_stale = newer.finish(), stale.finish()
+    assert rc_newer == 0, newer.output()[-3000:]
+    if rc_stale != 0:  # the stale attempt noticed the newer one at its next checkpoint
+        assert rc_stale == 75 and "newer attempt" in stale.output(), stale.output()[-3000:]
+    assert "restored checkpoint" in newer.output()
+    found = all_complete_checkpoints_verify(bucket, "runs/twice/checkpoints/", tmp_path)
+    assert max(c.step for c in found) == 1600
+    assert_same_weights(expected, final_weights(bucket, "twice"))
+
+
+def sagemaker_dirs(root, tiny_assets):
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "train").mkdir(parents=True)
+    shutil.copy(tiny_assets / "train.csv", root / "input" / "data" / "train" / "train.csv")
+    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"train": {}}))
+    hyper = {"model": json.dumps(str(tiny_assets / "model")), "num_train_epochs": "3", "per_device_train_batch_size": "4",
+             "save_steps": "25", "logging_steps": "5", "seed": "7"}
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
+    return root
+
+
+def test_sagemaker_mode_uses_the_synced_folder_and_skips_an_incomplete_restore(tiny_assets, tmp_path):
+    root = sagemaker_dirs(tmp_path / "opt_ml", tiny_assets)
+    env = jobs.child_env({}, work_dir=str(tmp_path / "work"))
+    env.update(SAGEMAKER_BASE_DIR=str(root), TRAINING_JOB_NAME="ft-test")
+    job = jobs.Job(env, tmp_path)
+    job.wait_for("[metrics] step=30 ")
+    job.signal(signal.SIGTERM)
+    assert job.finish() == 143, job.output()[-3000:]
+    assert "SageMaker training job ft-test" in job.output()
+    checkpoints = root / "checkpoints"
+    complete = sorted(checkpoints.glob(f"checkpoint-*/{ck.MANIFEST}"))
+    assert complete, "no complete checkpoint in /opt/ml/checkpoints"
+    # The platform restores whatever it had synced, a half-written checkpoint included.
+    newest = complete[-1].parent
+    half = checkpoints / ck.store_name(999, 1)
+    shutil.copytree(newest, half)
+    (half / ck.MANIFEST).unlink()
+    rc, out = jobs.run(env, tmp_path)
+    assert rc == 0, out[-3000:]
+    assert f"skipping checkpoint {half.name}: incomplete" in out
+    assert f"restored checkpoint {newest.name}" in out
+    assert (root / "model" / "model.safetensors").is_file() and (root / "model" / "metrics.json").is_file()
+
+
+def test_sagemaker_failure_file_gets_the_users_error(tiny_assets, tmp_path):
+    root = sagemaker_dirs(tmp_path / "opt_ml", tiny_assets)
+    env = jobs.child_env({}, work_dir=str(tmp_path / "work"), save_steps="often")
+    env.update(SAGEMAKER_BASE_DIR=str(root), TRAINING_JOB_NAME="ft-test")
+    rc, out = jobs.run(env, tmp_path)
+    assert rc == 64 and "Traceback" not in out
+    assert "FT_SAVE_STEPS is invalid" in (root / "output" / "failure").read_text()

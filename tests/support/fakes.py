@@ -1,0 +1,163 @@
+"""Small real HTTP servers on 127.0.0.1 that play parts of the world: the EC2 instance metadata
+service (spot notices) and a fault-injecting proxy in front of the S3 server."""
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import random
+import socket
+import threading
+import urllib.parse
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Running:
+    def __init__(self, handler_cls):
+        self.server = _Server(("127.0.0.1", 0), handler_cls)
+        self.server.owner = self
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeIMDS(_Running):
+    """IMDSv2: PUT /latest/api/token, then GET /latest/meta-data/spot/instance-action with the
+    token: 404 until `notice()` is called, then the notice JSON EC2 serves."""
+
+    TOKEN = "fake-token"
+
+    def __init__(self):
+        self.notice_body: str | None = None
+        self.token_requests = 0
+        self.polls_with_token = 0
+        super().__init__(_IMDSHandler)
+
+    def notice(self):
+        self.notice_body = json.dumps({"action": "terminate", "time": "2026-11-29T12:00:00Z"})
+
+
+class _IMDSHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, code: int, body: str = ""):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self):
+        owner = self.server.owner
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            owner.token_requests += 1
+            return self._reply(200, FakeIMDS.TOKEN)
+        self._reply(400)
+
+    def do_GET(self):
+        owner = self.server.owner
+        if self.headers.get("X-aws-ec2-metadata-token") != FakeIMDS.TOKEN:
+            return self._reply(401)
+        if self.path == "/latest/meta-data/spot/instance-action":
+            owner.polls_with_token += 1
+            return self._reply(200, owner.notice_body) if owner.notice_body else self._reply(404)
+        self._reply(404)
+
+
+class FaultProxy(_Running):
+    """Forwards every request to `upstream`; a fraction `rate` of them (seeded) gets a 500, a 503
+    SlowDown or a reset connection instead, and any request whose path contains one of
+    `fail_paths` always gets a 500."""
+
+    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, fail_paths: tuple[str, ...] = ()):
+        parsed = urllib.parse.urlparse(upstream)
+        self.upstream = (parsed.hostname, parsed.port)
+        self.rate = rate
+        self.fail_paths = tuple(fail_paths)
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.injected = {"500": 0, "503": 0, "reset": 0, "path": 0}
+        self.forwarded = 0
+        super().__init__(_ProxyHandler)
+
+    def decide(self, path: str) -> str | None:
+        if any(p in urllib.parse.unquote(path) for p in self.fail_paths):
+            return "path"
+        with self.lock:
+            if self.rng.random() < self.rate:
+                return self.rng.choice(["500", "503", "reset"])
+        return None
+
+
+ERROR_XML = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>injected</Message>'
+             '<RequestId>fault</RequestId></Error>')
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _handle(self):
+        owner = self.server.owner
+        body = self._body()
+        fault = owner.decide(self.path)
+        if fault:
+            with owner.lock:
+                owner.injected[fault] += 1
+        if fault == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault in ("500", "503", "path"):
+            code = 503 if fault == "503" else 500
+            data = ERROR_XML.format(code="SlowDown" if code == 503 else "InternalError").encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+        headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(*owner.upstream, timeout=60)
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        with owner.lock:
+            owner.forwarded += 1
+        self.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                self.send_header(key, value)
+        length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
