@@ -95,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("submit", help="launch the job on AWS Batch or SageMaker (`finetune submit --help`)", add_help=False)
     codes = sub.add_parser("exit-codes", help="print the exit-code table and the AWS Batch retry rules")
     codes.add_argument("--json", action="store_true", help="as JSON")
+    sub.add_parser("settings", help="print the job's own settings as a markdown table (TrainingArguments fields are settings too)")
     return p
 
 
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             return submit.main(rest, environ)
         elif command == "exit-codes":
             return print_exit_codes(args.json)
+        elif command == "settings":
+            return print_settings()
         return ExitCode.OK
     except Interrupted as exc:
         log.warning("%s", exc)
@@ -132,13 +135,26 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return ExitCode.UNEXPECTED
 
 
+def print_settings() -> int:
+    from .settings import settings_table
+
+    print("| variable | default | meaning |\n|---|---|---|")
+    for name, default, meaning in settings_table():
+        print(f"| `{name}` | {default} | {meaning} |")
+    return ExitCode.OK
+
+
+def markdown_exit_codes() -> str:
+    rows = [f"| {d.code} | `{d.name}` | {'yes' if d.retried else 'no'} | {d.meaning} |" for d in errors.EXIT_CODES]
+    return "\n".join(["| code | name | retried by Batch | meaning |", "|---|---|---|---|", *rows])
+
+
 def print_exit_codes(as_json: bool) -> int:
     if as_json:
         table = [{"code": d.code, "name": d.name, "meaning": d.meaning, "retried": d.retried} for d in errors.EXIT_CODES]
         print(json.dumps({"exit_codes": table, "batch_retry_rules": errors.retry_rules_json()}, indent=2))
     else:
-        for d in errors.EXIT_CODES:
-            print(f"{d.code:>4}  {d.name:<20} {'retried' if d.retried else 'not retried':<12} {d.meaning}")
+        print(markdown_exit_codes())
     return ExitCode.OK
 
 
