@@ -20,33 +20,34 @@ log = logging.getLogger("finetune")
 
 def train(environ: Mapping[str, str], started: float) -> dict:
     """The job: settings → platform → checkpoint → data → model → Trainer → outputs."""
-    from . import data, interruption, modeling, outputs, preprocess, settings as config, training, workspace
+    from . import data, interruption, modeling, outputs, settings as config, tasks, training, workspace
 
     quiet_libraries()
     runtime = platform.detect(environ, platform.read_platform_files(environ))
     settings = config.load_settings(environ, runtime)
     logging.getLogger().setLevel(settings.log_level)
-    log.info("platform: %s", runtime.describe())
+    log.info("platform: %s; task: %s", runtime.describe(), settings.task)
+    task = tasks.get(settings.task)
     stop = interruption.StopRequest()
     interruption.install_signal_handlers(stop)
     poller = interruption.start_spot_poller(stop, environ, runtime, settings.spot_notice_poll_seconds)
     work = workspace.prepare(settings.work_dir)
-    args = training.training_arguments(settings, work.checkpoints, workspace.has_cuda())
+    args = training.training_arguments(settings, work.checkpoints, workspace.has_cuda(), task.seq2seq_arguments)
     store = storage.open_store(config.checkpoint_uri(settings), settings.transfer_concurrency)
     generation = checkpoints.claim_generation(store, runtime.describe())
     resumed_step, resumed_dir = checkpoints.restore(store, work.checkpoints, settings.transfer_concurrency) or (None, None)
     interruption.check_stop(stop, "after restoring the checkpoint")
-    splits = data.load_splits(settings, work.root)
+    prepared = task.prepare(data.load_splits(settings, work.root, task.columns(settings)), settings)
     model_dir = modeling.fetch_model(settings.model, work.root, settings.transfer_concurrency)
     tokenizer = modeling.load_tokenizer(model_dir, settings.model)
-    model = modeling.load_classifier(model_dir, settings.model, splits.id2label, args.seed)
-    train_ds = preprocess.tokenize(splits.train, tokenizer, settings)
-    eval_ds = preprocess.tokenize(splits.eval, tokenizer, settings) if splits.eval is not None else None
+    model = task.load_model(model_dir, settings.model, prepared.info, settings, args.seed)
+    train_ds = task.tokenize(prepared.train, tokenizer, settings, prepared.info)
+    eval_ds = task.tokenize(prepared.eval, tokenizer, settings, prepared.info) if prepared.eval is not None else None
     interruption.check_stop(stop, "before training")
     sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last, settings.transfer_concurrency)
     stopper, clock = interruption.StopOnRequest(stop), training.RunClock(started)
     callbacks = [training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock]
-    trainer = training.build_trainer(args, model, tokenizer, train_ds, eval_ds, preprocess.collator(tokenizer), callbacks)
+    trainer = training.build_trainer(task, settings, prepared.info, args, model, tokenizer, train_ds, eval_ds, callbacks)
     trainer.train(resume_from_checkpoint=str(resumed_dir) if resumed_dir else None)
     sync.wait()
     if poller:

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers import AutoTokenizer
 
 from . import storage
 from .errors import UserError
@@ -28,22 +28,21 @@ def load_tokenizer(folder: Path, uri: str):
         raise UserError(f"FT_MODEL: cannot load a tokenizer from {uri} ({exc}). Save the tokenizer next to the model (tokenizer.save_pretrained).") from exc
 
 
-def load_classifier(folder: Path, uri: str, id2label: dict[int, str], seed: int):
-    """A sequence-classification model with a head for `id2label` (a new head if sizes differ).
-
-    The new head's initial weights come from `seed`, so two runs of the same job start equal.
-    """
-    set_seed(seed)
+def model_kwargs(settings) -> dict:
+    """Extra from_pretrained arguments: the 4-bit base of QLoRA (FT_LOAD_IN_4BIT), GPU only."""
+    if not getattr(settings, "load_in_4bit", False):
+        return {}
+    if not torch.cuda.is_available():
+        raise UserError("FT_LOAD_IN_4BIT (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no GPU. Unset FT_LOAD_IN_4BIT to train LoRA on a full-precision base.")
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            str(folder),
-            num_labels=len(id2label),
-            id2label=id2label,
-            label2id={name: i for i, name in id2label.items()},
-            ignore_mismatched_sizes=True,
-        )
-    except Exception as exc:  # noqa: BLE001 - an unloadable model folder is the user's input
-        raise UserError(f"FT_MODEL: cannot load {uri} as a sequence-classification model: {exc}") from exc
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("FT_LOAD_IN_4BIT (QLoRA) needs the bitsandbytes package: pip install bitsandbytes.") from None
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)}
 
 
 def precision(bf16: bool | None, fp16: bool | None) -> dict[str, bool]:

@@ -26,7 +26,7 @@ from .errors import SettingsError
 from .runtime import Runtime
 
 PREFIX = "FT_"
-TASKS = ("sequence-classification",)
+TASKS = ("sequence-classification", "causal-lm", "masked-lm", "seq2seq")
 
 # TrainingArguments fields this program sets itself; a user setting them gets told why.
 RESERVED = {
@@ -37,6 +37,8 @@ RESERVED = {
     "do_eval": "has no effect on the Trainer; set FT_EVAL_STRATEGY",
     "do_predict": "has no effect on the Trainer",
 }
+# Seq2SeqTrainingArguments' own fields (generation during evaluation): FT_TASK=seq2seq only.
+SEQ2SEQ_ONLY = {"predict_with_generate", "generation_max_length", "generation_num_beams", "generation_config", "sortish_sampler"}
 # Variables under our prefix that are not settings (read by tools around the job).
 NOT_SETTINGS: set[str] = set()
 # Keys SageMaker itself may add to hyperparameters.json.
@@ -57,6 +59,26 @@ class JobSettings(BaseSettings):
     text_pair_column: Optional[str] = Field(None, description="Column with the second text of a pair (e.g. NLI). Optional.")
     label_column: str = Field("label", description="Column with the label: integers, or strings mapped to ids (stored in the model config).")
     max_length: Optional[int] = Field(None, gt=0, description="Truncate inputs to this many tokens (default: the tokenizer's limit, at most 512). Padding is dynamic, per batch.")
+    class_weights: Optional[str] = Field(None, description="sequence-classification: `auto` (inverse label frequency) or one comma-separated weight per label, for a class-weighted loss.")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: fraction of tokens masked.")
+    prompt_column: Optional[str] = Field(None, description="causal-lm instruction data: the prompt column (with FT_RESPONSE_COLUMN); the loss covers the response only.")
+    response_column: Optional[str] = Field(None, description="causal-lm instruction data: the response column.")
+    messages_column: Optional[str] = Field(None, description="causal-lm chat data: a column of [{role, content}] lists, rendered with the tokenizer's chat template; the loss covers assistant turns only.")
+    packing: bool = Field(False, description="causal-lm plain text: pack short examples into full FT_MAX_LENGTH blocks.")
+    source_column: str = Field("source", description="seq2seq: the input text column.")
+    target_column: str = Field("target", description="seq2seq: the output text column.")
+    lora_r: Optional[int] = Field(None, gt=0, description="LoRA rank; setting it trains LoRA adapters (peft) instead of the full model.")
+    lora_alpha: Optional[int] = Field(None, gt=0, description="LoRA alpha (default: 2 × FT_LORA_R).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: Optional[list[str]] = Field(None, description="Modules that get adapters, comma-separated (default: peft's choice for the architecture, else every linear layer).")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4 bits (bitsandbytes, CUDA only); needs FT_LORA_R.")
+    merge_adapter: bool = Field(False, description="With LoRA: write the adapter merged into the base model as the output (else the adapter alone).")
+    early_stopping_patience: Optional[int] = Field(None, gt=0, description="Stop after this many evaluations without improvement of FT_METRIC_FOR_BEST_MODEL (needs FT_LOAD_BEST_MODEL_AT_END).")
+    tune_trials: int = Field(10, gt=0, description="`finetune tune`: number of Optuna trials.")
+    tune_metric: Optional[str] = Field(None, description="`finetune tune`: the eval metric to optimise (default: the task's, e.g. eval_accuracy; eval_loss for LM tasks).")
+    tune_direction: Optional[Literal["minimize", "maximize"]] = Field(None, description="`finetune tune`: default maximize for accuracy/F1/BLEU, minimize for losses and perplexity.")
+    tune_search_space: Optional[str] = Field(None, description='`finetune tune`: JSON {"learning_rate": {"low": 1e-5, "high": 1e-4, "log": true}, "per_device_train_batch_size": {"choices": [8, 16]}} (default: learning rate, epochs, weight decay, warmup).')
+    num_processes: Optional[int] = Field(None, gt=0, description="Training processes on this machine (default: one per visible GPU, else 1).")
     output_uri: str = Field("finetune-output", description="Where the fine-tuned model and metrics.json go: an S3 prefix or a local folder. SageMaker: /opt/ml/model.")
     checkpoint_uri: Optional[str] = Field(None, description="Where checkpoints are kept for resuming: an S3 prefix or a local folder. Default: `checkpoints/` under FT_OUTPUT_URI; SageMaker: /opt/ml/checkpoints.")
     work_dir: str = Field("/tmp/finetune", description="Local scratch folder for downloads and the Trainer's own checkpoints.")
@@ -64,6 +86,11 @@ class JobSettings(BaseSettings):
     transfer_concurrency: int = Field(8, ge=1, le=64, description="Parallel S3 transfers (files and multipart parts).")
     spot_notice_poll_seconds: float = Field(5.0, gt=0, description="How often the EC2 spot interruption notice is polled (AWS Batch/EC2 only).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value):
+        return _split_list(value)
 
     @field_validator("model", "train_data", "eval_data", "output_uri", "checkpoint_uri", "work_dir")
     @classmethod
@@ -105,10 +132,10 @@ def _simplify(annotation: Any) -> Any:
 @functools.lru_cache(maxsize=1)
 def training_argument_fields() -> dict[str, Any]:
     """TrainingArguments' fields that are settings, with the type each is validated as."""
-    from transformers import TrainingArguments
+    from transformers import Seq2SeqTrainingArguments
 
     fields = {}
-    for f in dataclasses.fields(TrainingArguments):
+    for f in dataclasses.fields(Seq2SeqTrainingArguments):
         if f.init and not f.name.startswith("_") and f.name not in RESERVED:
             fields[f.name] = _simplify(f.type)
     return fields
@@ -202,6 +229,16 @@ def cross_checks(settings: JobSettings, runtime: Runtime) -> list[str]:
     if runtime.platform == "batch" and not settings.output_uri.startswith("s3://"):
         problems.append(f"FT_OUTPUT_URI must be an s3:// URI on AWS Batch (got {settings.output_uri!r}): the container's disk is lost when the job ends.")
     ta = trainer_overrides(settings)
+    lora_only = [name for name in ("lora_alpha", "lora_target_modules", "load_in_4bit", "merge_adapter")
+                 if name in settings.model_fields_set and getattr(settings, name)]
+    if lora_only and settings.lora_r is None:
+        problems.append(f"{', '.join(PREFIX + n.upper() for n in lora_only)} need LoRA: set FT_LORA_R (e.g. 16).")
+    if settings.class_weights and settings.task != "sequence-classification":
+        problems.append("FT_CLASS_WEIGHTS applies to FT_TASK=sequence-classification only.")
+    if settings.task == "causal-lm" and bool(settings.prompt_column) != bool(settings.response_column):
+        problems.append("FT_PROMPT_COLUMN and FT_RESPONSE_COLUMN go together: set both (instruction data) or neither (plain text).")
+    if settings.early_stopping_patience and not ta.get("load_best_model_at_end"):
+        problems.append("FT_EARLY_STOPPING_PATIENCE needs FT_LOAD_BEST_MODEL_AT_END=true (and FT_EVAL_STRATEGY with evaluation data).")
     if ta.get("load_best_model_at_end") and (ta.get("eval_strategy") in (None, "no")) and not (settings.eval_data or settings.validation_split):
         problems.append("FT_LOAD_BEST_MODEL_AT_END needs evaluation: set FT_EVAL_DATA or FT_VALIDATION_SPLIT, and FT_EVAL_STRATEGY.")
     if (ta.get("eval_strategy") not in (None, "no")) and not (settings.eval_data or settings.validation_split):

@@ -6,13 +6,12 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 
 from . import modeling, reporting
 from .checkpoints import CheckpointSync
 from .errors import UserError
-from .settings import JobSettings, trainer_overrides
+from .settings import SEQ2SEQ_ONLY, JobSettings, trainer_overrides
 
 log = logging.getLogger(__name__)
 
@@ -24,31 +23,21 @@ DEFAULTS = {
 }
 
 
-def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool) -> TrainingArguments:
-    """TrainingArguments from the settings; a rejected combination is the user's error."""
+def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool, seq2seq: bool = False) -> TrainingArguments:
+    """(Seq2Seq)TrainingArguments from the settings; a rejected combination is the user's error."""
     overrides = trainer_overrides(settings)
+    if not seq2seq:
+        wrong = sorted(set(overrides) & SEQ2SEQ_ONLY)
+        if wrong:
+            raise UserError(f"{', '.join('FT_' + w.upper() for w in wrong)} only apply to FT_TASK=seq2seq.")
     kwargs = dict(DEFAULTS, dataloader_pin_memory=cuda)
     kwargs.update(modeling.precision(overrides.pop("bf16", None), overrides.pop("fp16", None)))
     kwargs.update(overrides)
+    arguments_class = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
     try:
-        return TrainingArguments(output_dir=str(output_dir), **kwargs)
+        return arguments_class(output_dir=str(output_dir), **kwargs)
     except (ValueError, TypeError, ImportError) as exc:
         raise UserError(f"The Trainer rejected the settings: {exc}") from exc
-
-
-def classification_metrics(eval_pred) -> dict[str, float]:
-    """Accuracy and macro-F1, computed here (nothing is fetched from a hub)."""
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    predictions = np.asarray(logits).argmax(axis=-1)
-    labels = np.asarray(labels)
-    f1s = []
-    for cls in np.unique(np.concatenate([labels, predictions])):
-        tp = np.sum((predictions == cls) & (labels == cls))
-        fp = np.sum((predictions == cls) & (labels != cls))
-        fn = np.sum((predictions != cls) & (labels == cls))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float(np.mean(predictions == labels)), "f1_macro": float(np.mean(f1s))}
 
 
 class SyncCheckpoints(TrainerCallback):
@@ -82,16 +71,19 @@ class MetricLines(TrainerCallback):
         return control
 
 
-def build_trainer(args: TrainingArguments, model, tokenizer, train_ds, eval_ds, collator, callbacks) -> Trainer:
-    trainer = Trainer(
+def build_trainer(task, settings, info: dict, args, model, tokenizer, train_ds, eval_ds, callbacks) -> Trainer:
+    """The task's Trainer class with its collator and metrics, and our callbacks."""
+    trainer_cls, extra = task.trainer(settings, info)
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=classification_metrics,
+        data_collator=task.collator(tokenizer, model, settings),
+        compute_metrics=task.metrics(tokenizer, settings, info) if eval_ds is not None else None,
         callbacks=callbacks,
+        **extra,
     )
     trainer.remove_callback(PrinterCallback)  # MetricLines prints the same entries, parseably
     return trainer
