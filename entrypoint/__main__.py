@@ -20,7 +20,7 @@ log = logging.getLogger("finetune")
 
 def train(environ: Mapping[str, str], started: float) -> dict:
     """The job: settings → platform → checkpoint → data → model → Trainer → outputs."""
-    from . import data, interruption, modeling, outputs, settings as config, tasks, training, workspace
+    from . import adapters, data, interruption, modeling, outputs, settings as config, tasks, training, workspace
 
     quiet_libraries()
     runtime = platform.detect(environ, platform.read_platform_files(environ))
@@ -32,7 +32,7 @@ def train(environ: Mapping[str, str], started: float) -> dict:
     interruption.install_signal_handlers(stop)
     poller = interruption.start_spot_poller(stop, environ, runtime, settings.spot_notice_poll_seconds)
     work = workspace.prepare(settings.work_dir)
-    args = training.training_arguments(settings, work.checkpoints, workspace.has_cuda(), task.seq2seq_arguments)
+    args = training.training_arguments(settings, work.checkpoints, workspace.has_cuda(), task.seq2seq_arguments, task.metric_for_best_model)
     store = storage.open_store(config.checkpoint_uri(settings), settings.transfer_concurrency)
     generation = checkpoints.claim_generation(store, runtime.describe())
     resumed_step, resumed_dir = checkpoints.restore(store, work.checkpoints, settings.transfer_concurrency) or (None, None)
@@ -41,13 +41,16 @@ def train(environ: Mapping[str, str], started: float) -> dict:
     model_dir = modeling.fetch_model(settings.model, work.root, settings.transfer_concurrency)
     tokenizer = modeling.load_tokenizer(model_dir, settings.model)
     model = task.load_model(model_dir, settings.model, prepared.info, settings, args.seed)
+    model = adapters.apply(model, settings)
     train_ds = task.tokenize(prepared.train, tokenizer, settings, prepared.info)
     eval_ds = task.tokenize(prepared.eval, tokenizer, settings, prepared.info) if prepared.eval is not None else None
     interruption.check_stop(stop, "before training")
     sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last, settings.transfer_concurrency)
     stopper, clock = interruption.StopOnRequest(stop), training.RunClock(started)
-    callbacks = [training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock]
+    tensorboard = training.SyncTensorBoard(work.root / "tensorboard", config.tensorboard_uri(settings, runtime))
+    callbacks = [training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock, tensorboard, *training.extra_callbacks(settings)]
     trainer = training.build_trainer(task, settings, prepared.info, args, model, tokenizer, train_ds, eval_ds, callbacks)
+    tensorboard.attach(trainer)
     trainer.train(resume_from_checkpoint=str(resumed_dir) if resumed_dir else None)
     sync.wait()
     if poller:
@@ -63,7 +66,7 @@ def train(environ: Mapping[str, str], started: float) -> dict:
     totals = interruption.run_totals(checkpoints.attempt_history(store), generation, figures)
     metrics.update(global_step=trainer.state.global_step, resumed_from_step=resumed_step, **figures, **{f"run_{k}": v for k, v in totals.items()})
     print(reporting.format_metrics(metrics), flush=True)
-    where = outputs.publish(outputs.save_model(trainer, work.output), metrics, settings.output_uri, settings.transfer_concurrency)
+    where = outputs.publish(outputs.save_model(trainer, work.output, settings.merge_adapter), metrics, settings.output_uri, settings.transfer_concurrency)
     log.info("done: step %d, model and metrics.json at %s", trainer.state.global_step, where)
     return metrics
 

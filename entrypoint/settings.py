@@ -268,3 +268,12 @@ def checkpoint_uri(settings: JobSettings) -> str:
         return settings.checkpoint_uri
     base = settings.output_uri
     return (base if base.endswith("/") else base + "/") + "checkpoints/"
+
+
+def tensorboard_uri(settings: JobSettings, runtime: Runtime) -> str:
+    """Where TensorBoard event files go: SageMaker's TensorBoard output folder there, else
+    `tensorboard/` under FT_OUTPUT_URI."""
+    if runtime.sagemaker is not None:
+        return str(runtime.sagemaker.tensorboard_dir)
+    base = settings.output_uri
+    return (base if base.endswith("/") else base + "/") + "tensorboard/"

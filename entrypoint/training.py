@@ -2,15 +2,16 @@
 checkpoint sync, stop requests and the metric log lines."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
 
-from transformers import PrinterCallback, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 
-from . import modeling, reporting
+from . import modeling, reporting, storage
 from .checkpoints import CheckpointSync
-from .errors import UserError
+from .errors import FinetuneError, SettingsError, UserError
 from .settings import SEQ2SEQ_ONLY, JobSettings, trainer_overrides
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,41 @@ DEFAULTS = {
 }
 
 
-def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool, seq2seq: bool = False) -> TrainingArguments:
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    cuda: bool
+    packages: frozenset[str]  # optional packages importable here
+
+    @classmethod
+    def here(cls) -> "Hardware":
+        import importlib.util
+
+        import torch
+
+        wanted = ("bitsandbytes", "deepspeed", "tensorboard")
+        return cls(cuda=torch.cuda.is_available(), packages=frozenset(p for p in wanted if importlib.util.find_spec(p)))
+
+
+def hardware_problems(kwargs: dict, hw: Hardware) -> list[str]:
+    """Settings that cannot work on this machine, each with the fix (pure)."""
+    problems = []
+    if kwargs.get("fp16") and not hw.cuda:
+        problems.append("FT_FP16=true needs a CUDA GPU; on CPU leave it unset (fp32) or set FT_BF16=true.")
+    optim = str(kwargs.get("optim") or "")
+    if any(word in optim for word in ("8bit", "bnb", "paged")) and not (hw.cuda and "bitsandbytes" in hw.packages):
+        problems.append(f"FT_OPTIM={optim} needs a CUDA GPU and the bitsandbytes package; use adamw_torch or adafactor here.")
+    if str(kwargs.get("ddp_backend") or "") == "nccl" and not hw.cuda:
+        problems.append("FT_DDP_BACKEND=nccl needs CUDA GPUs; use gloo on CPU.")
+    if kwargs.get("deepspeed") and "deepspeed" not in hw.packages:
+        problems.append("FT_DEEPSPEED needs the deepspeed package (pip install deepspeed, on a GPU image).")
+    report_to = kwargs.get("report_to") or []
+    if "tensorboard" in ([report_to] if isinstance(report_to, str) else report_to) and "tensorboard" not in hw.packages:
+        problems.append("FT_REPORT_TO=tensorboard needs the tensorboard package (pip install tensorboard).")
+    return problems
+
+
+def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool, seq2seq: bool = False,
+                       best_metric: str = "loss", hw: Hardware | None = None) -> TrainingArguments:
     """(Seq2Seq)TrainingArguments from the settings; a rejected combination is the user's error."""
     overrides = trainer_overrides(settings)
     if not seq2seq:
@@ -32,12 +67,69 @@ def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool, seq2
             raise UserError(f"{', '.join('FT_' + w.upper() for w in wrong)} only apply to FT_TASK=seq2seq.")
     kwargs = dict(DEFAULTS, dataloader_pin_memory=cuda)
     kwargs.update(modeling.precision(overrides.pop("bf16", None), overrides.pop("fp16", None)))
+    if overrides.get("load_best_model_at_end") and not overrides.get("metric_for_best_model"):
+        kwargs["metric_for_best_model"] = best_metric
+    if settings.early_stopping_patience:
+        # The patience counter lives in the callback: restore it on resume, or a resumed run would
+        # stop later than an uninterrupted one.
+        kwargs["restore_callback_states_from_checkpoint"] = True
     kwargs.update(overrides)
+    if str(kwargs.get("deepspeed") or "").startswith("s3://"):
+        kwargs["deepspeed"] = str(storage.fetch(kwargs["deepspeed"], output_dir.parent / "deepspeed"))
+    problems = hardware_problems(kwargs, hw or Hardware.here())
+    if problems:
+        raise SettingsError(problems)
     arguments_class = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
     try:
         return arguments_class(output_dir=str(output_dir), **kwargs)
     except (ValueError, TypeError, ImportError) as exc:
         raise UserError(f"The Trainer rejected the settings: {exc}") from exc
+
+
+def extra_callbacks(settings: JobSettings) -> list[TrainerCallback]:
+    """Callbacks the settings ask for (early stopping)."""
+    if settings.early_stopping_patience:
+        return [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)]
+    return []
+
+
+class SyncTensorBoard(TrainerCallback):
+    """Points the Trainer's TensorBoard writer at `folder` and copies new or grown event files to
+    `target` (an S3 prefix or a folder, e.g. SageMaker's /opt/ml/output/tensorboard) at each
+    checkpoint, evaluation and the end of training."""
+
+    def __init__(self, folder: Path, target: str, concurrency: int = 4):
+        self.folder = folder
+        self.target = target
+        self.concurrency = concurrency
+        self._sent: dict[str, int] = {}
+
+    def attach(self, trainer: Trainer) -> None:
+        for cb in trainer.callback_handler.callbacks:
+            if type(cb).__name__ == "TensorBoardCallback":
+                cb.logging_dir = str(self.folder)
+
+    def sync(self) -> None:
+        if not self.folder.is_dir():
+            return
+        files = {p.relative_to(self.folder).as_posix(): p for p in self.folder.rglob("*") if p.is_file()}
+        changed = {k: p for k, p in files.items() if self._sent.get(k) != p.stat().st_size}
+        if changed:
+            try:
+                storage.upload_many(storage.open_store(self.target, self.concurrency), changed, self.concurrency)
+                self._sent.update({k: p.stat().st_size for k, p in changed.items()})
+            except FinetuneError:  # best effort: the next sync tries again
+                log.warning("TensorBoard sync to %s failed; will retry", self.target, exc_info=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.sync()
+        return control
+
+    on_evaluate = on_save
+
+    def on_train_end(self, args, state, control, **kwargs):
+        return self.on_save(args, state, control, **kwargs)
 
 
 class SyncCheckpoints(TrainerCallback):
