@@ -7,17 +7,24 @@ import logging
 import shutil
 from pathlib import Path
 
-from . import storage
+from . import adapters, storage
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 
 
-def save_model(trainer, folder: Path) -> Path:
-    """The trained model, its config (with id2label) and its tokenizer, as safetensors."""
+def save_model(trainer, folder: Path, merge_adapter: bool = False) -> Path:
+    """The trained model, its config (with id2label) and its tokenizer, as safetensors. A LoRA run
+    writes its adapter alone (adapter_config.json, adapter_model.safetensors), or with
+    `merge_adapter` the base model with the adapter merged in, loadable without peft."""
     shutil.rmtree(folder, ignore_errors=True)
-    trainer.save_model(str(folder))
+    if merge_adapter and adapters.is_adapter(trainer.model):
+        adapters.merged(trainer.model).save_pretrained(str(folder))
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(str(folder))
+    else:
+        trainer.save_model(str(folder))
     return folder
 
 

@@ -1,0 +1,84 @@
+"""FT_TASK=causal-lm end to end: `finetune train` as a subprocess against the moto S3 server on a
+tiny Llama, with a real SIGTERM and resume."""
+import json
+import re
+import signal
+
+import boto3
+import pytest
+
+from tests.integration.conftest import assert_same_weights, final_weights
+from tests.support import jobs, tiny_causal
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return tiny_causal.build_assets(tmp_path_factory.mktemp("causal"))
+
+
+@pytest.fixture
+def inputs(assets, bucket):
+    model = jobs.upload_folder(assets / "model", bucket, "models/tiny-llama/")
+    s3 = boto3.client("s3")
+    for path in assets.glob("*.jsonl"):
+        s3.upload_file(str(path), bucket, f"data/{path.name}")
+    return {"model": model, "task": "causal-lm", "per_device_train_batch_size": "4", "per_device_eval_batch_size": "16",
+            "logging_steps": "5", "seed": "7", "learning_rate": "1e-3"}
+
+
+def job_settings(inputs, bucket, run, tmp_path, kind, **extra):
+    return dict(inputs, train_data=f"s3://{bucket}/data/{kind}-train.jsonl", eval_data=f"s3://{bucket}/data/{kind}-eval.jsonl",
+                output_uri=f"s3://{bucket}/runs/{run}/", work_dir=str(tmp_path / f"work-{run}"), **extra)
+
+
+def test_packed_text_sigterm_and_resume_is_bitwise_identical_with_perplexity(aws_env, bucket, inputs, tmp_path):
+    common = {"packing": "true", "max_length": "32", "num_train_epochs": "2", "save_steps": "10"}
+    rc, out = jobs.run(jobs.child_env(aws_env, **job_settings(inputs, bucket, "straight", tmp_path, "text", **common)), tmp_path)
+    assert rc == 0, out[-3000:]
+    straight = json.loads(jobs.s3_bytes(bucket, "runs/straight/metrics.json"))
+    total = straight["global_step"]
+    assert total >= 40  # packed blocks of 32 tokens, 2 epochs
+
+    env = jobs.child_env(aws_env, **job_settings(inputs, bucket, "interrupted", tmp_path, "text", **common))
+    job = jobs.Job(env, tmp_path)
+    job.wait_for("[metrics] step=15 ")
+    job.signal(signal.SIGTERM)
+    assert job.finish() == 143, job.output()[-3000:]
+    stopped = int(job.wait_for("saving a checkpoint at step").rsplit("step ", 1)[1].split(",")[0])
+    assert 15 <= stopped < total
+
+    rc, out = jobs.run(env, tmp_path)
+    assert rc == 0, out[-3000:]
+    assert f"(step {stopped})" in out
+    resumed = json.loads(jobs.s3_bytes(bucket, "runs/interrupted/metrics.json"))
+    assert resumed["resumed_from_step"] == stopped and resumed["global_step"] == total
+    assert_same_weights(final_weights(bucket, "straight"), final_weights(bucket, "interrupted"))
+
+    # Perplexity is exp(eval loss), in metrics.json and in the [metrics] lines SageMaker parses.
+    assert resumed["eval_perplexity"] == pytest.approx(2.718281828 ** resumed["eval_loss"], rel=1e-6)
+    assert resumed["eval_perplexity"] == pytest.approx(straight["eval_perplexity"], rel=1e-6)
+    assert re.search(r"\[metrics\] .*eval_perplexity=[0-9.]+", out)
+    assert resumed["eval_perplexity"] < 400  # learned something: below a uniform guess over the vocabulary
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert f"runs/interrupted/{name}" in jobs.s3_keys(bucket, "runs/interrupted/")
+
+
+def test_chat_data_trains_on_assistant_turns_and_writes_a_loadable_model(aws_env, bucket, inputs, tmp_path):
+    settings = job_settings(inputs, bucket, "chat", tmp_path, "chat", messages_column="messages", max_steps="8", max_length="64")
+    rc, out = jobs.run(jobs.child_env(aws_env, **settings), tmp_path)
+    assert rc == 0, out[-3000:]
+    metrics = json.loads(jobs.s3_bytes(bucket, "runs/chat/metrics.json"))
+    assert metrics["global_step"] == 8 and metrics["eval_perplexity"] > 1
+    config = json.loads(jobs.s3_bytes(bucket, "runs/chat/config.json"))
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    tokenizer_config = json.loads(jobs.s3_bytes(bucket, "runs/chat/tokenizer_config.json"))
+    assert tokenizer_config.get("pad_token") == tiny_causal.EOS  # set for padding, saved with the model
+
+
+def test_chat_column_holding_plain_text_is_a_user_error(aws_env, bucket, inputs, tmp_path):
+    settings = job_settings(inputs, bucket, "textchat", tmp_path, "text", messages_column="text")
+    rc, out = jobs.run(jobs.child_env(aws_env, **settings), tmp_path)
+    assert rc == 64 and "Traceback" not in out
+    assert "FT_MESSAGES_COLUMN: every row must be a list of {role, content} messages" in out

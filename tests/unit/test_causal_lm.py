@@ -1,0 +1,147 @@
+"""causal-lm task: label masking (instruction, chat), packing, padding, perplexity."""
+import math
+
+import datasets
+import pytest
+
+from entrypoint.errors import UserError
+from entrypoint.runtime import Runtime
+from entrypoint.settings import load_settings
+from entrypoint.tasks import causal_lm
+from entrypoint.tasks.causal_lm import IGNORE
+from tests.support import tiny, tiny_causal
+
+BASE = {"FT_MODEL": "s3://b/models/m/", "FT_TRAIN_DATA": "s3://b/data/train.csv", "FT_TASK": "causal-lm"}
+
+
+def settings(**env):
+    return load_settings({**BASE, **{f"FT_{k.upper()}": str(v) for k, v in env.items()}}, Runtime("local"))
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return [r["text"] for r in tiny.sst2_rows("train", 200)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(texts):
+    return tiny_causal.build_tokenizer(texts)
+
+
+def targets(tokenizer, ids, labels) -> str:
+    """The text of the tokens that carry a loss."""
+    return tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
+
+
+def test_columns_follow_the_kind_of_data():
+    assert causal_lm.columns(settings()) == {"FT_TEXT_COLUMN": "text"}
+    assert causal_lm.columns(settings(prompt_column="q", response_column="a")) == {"FT_PROMPT_COLUMN": "q", "FT_RESPONSE_COLUMN": "a"}
+    assert causal_lm.columns(settings(messages_column="chat")) == {"FT_MESSAGES_COLUMN": "chat"}
+
+
+def test_instruction_loss_covers_the_response_and_eos_only(tokenizer):
+    out = causal_lm.encode_instruction(["Review: a fine film.\nSentiment:"], [" positive"], tokenizer, 128)
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    prompt_len = len(tokenizer("Review: a fine film.\nSentiment:")["input_ids"])
+    assert labels[:prompt_len] == [IGNORE] * prompt_len
+    assert labels[prompt_len:] == ids[prompt_len:]
+    assert targets(tokenizer, ids, labels) == " positive" + tiny_causal.EOS
+    assert tokenizer.decode(ids) == "Review: a fine film.\nSentiment: positive" + tiny_causal.EOS
+
+
+def test_chat_loss_covers_assistant_turns_only(tokenizer):
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "how was the film"},
+            {"role": "assistant", "content": "a fine film"}, {"role": "user", "content": "and the acting"},
+            {"role": "assistant", "content": "dull"}]
+    out = causal_lm.encode_chat([chat], tokenizer, 128)
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(chat, tokenize=False)
+    assert targets(tokenizer, ids, labels) == "a fine film<|im_end|>\ndull<|im_end|>\n"
+    # Everything before the first answer, the generation prompt included, is context.
+    first = next(i for i, label in enumerate(labels) if label != IGNORE)
+    assert tokenizer.decode(ids[:first]).endswith("<|im_start|>assistant\n")
+
+
+def test_chat_rows_may_be_json_text_and_bad_rows_are_user_errors(tokenizer):
+    as_text = '[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]'
+    out = causal_lm.encode_chat([as_text], tokenizer, 128)
+    assert targets(tokenizer, out["input_ids"][0], out["labels"][0]) == "hello<|im_end|>\n"
+    with pytest.raises(UserError, match="list of {role, content}"):
+        causal_lm.encode_chat(["just text"], tokenizer, 128)
+
+
+def test_chat_without_a_template_is_a_user_error(texts):
+    plain = tiny_causal.build_tokenizer(texts, chat_template=False)
+    ds = datasets.Dataset.from_list([{"chat": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
+    with pytest.raises(UserError, match="chat template"):
+        causal_lm.tokenize(ds, plain, settings(messages_column="chat"), {})
+
+
+def test_pack_cuts_the_concatenation_into_full_blocks():
+    ids = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10, 11]]
+    packed = causal_lm.pack(ids, [[-100, 2, 3], [4, 5], [6, 7, 8, 9, 10, 11]], 4)
+    assert packed["input_ids"] == [[1, 2, 3, 4], [5, 6, 7, 8]]  # the tail [9, 10, 11] is dropped
+    assert packed["labels"] == [[-100, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_packed_text_is_blocks_of_max_length_with_eos_between_documents(tokenizer, texts):
+    ds = datasets.Dataset.from_dict({"text": texts[:100]})
+    out = causal_lm.tokenize(ds, tokenizer, settings(packing="true", max_length=32), {})
+    total = sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts[:100])
+    assert len(out) == total // 32
+    assert all(len(row) == 32 for row in out["input_ids"])
+    assert out["labels"] == out["input_ids"]
+    flat = [t for row in out["input_ids"] for t in row]
+    assert flat.count(tokenizer.eos_token_id) >= 50  # documents stay apart
+    again = causal_lm.tokenize(ds, tokenizer, settings(packing="true", max_length=32), {})
+    assert again["input_ids"] == out["input_ids"]  # deterministic: resume sees the same blocks
+
+
+def test_plain_text_is_truncated_ends_with_eos_and_every_token_is_a_target(tokenizer, texts):
+    ds = datasets.Dataset.from_dict({"text": texts[:20]})
+    out = causal_lm.tokenize(ds, tokenizer, settings(max_length=16), {})
+    assert len(out) == 20
+    for ids, labels in zip(out["input_ids"], out["labels"]):
+        assert len(ids) <= 16 and ids[-1] == tokenizer.eos_token_id and labels == ids
+
+
+def test_examples_whose_response_is_truncated_away_are_dropped(tokenizer):
+    ds = datasets.Dataset.from_dict({"q": ["short prompt:", "a very long prompt " * 20], "a": [" yes", " no"]})
+    out = causal_lm.tokenize(ds, tokenizer, settings(prompt_column="q", response_column="a", max_length=24), {})
+    assert len(out) == 1 and targets(tokenizer, out["input_ids"][0], out["labels"][0]) == " yes" + tiny_causal.EOS
+    with pytest.raises(UserError, match="no example has a target token"):
+        causal_lm.tokenize(ds.select([1]), tokenizer, settings(prompt_column="q", response_column="a", max_length=24), {})
+
+
+def test_collator_pads_right_with_ignored_labels_and_eos_as_pad(tokenizer):
+    tok = tiny_causal.build_tokenizer(["a b c"] * 5)
+    assert tok.pad_token is None
+    collate = causal_lm.collator(tok, None, settings())
+    assert tok.pad_token == tok.eos_token
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["input_ids"][1].tolist() == [8] + [tok.pad_token_id] * 7
+    assert batch["labels"][1].tolist() == [8] + [IGNORE] * 7
+    assert batch["attention_mask"].tolist() == [[1, 1, 1] + [0] * 5, [1] + [0] * 7]
+
+
+def test_evaluation_reports_perplexity_without_keeping_logits(tmp_path, texts):
+    from transformers import AutoTokenizer, TrainingArguments
+
+    folder = tiny_causal.build_tiny_llama(tmp_path / "model", texts)
+    tok = AutoTokenizer.from_pretrained(folder)
+    s = settings(max_length=32)
+    model = causal_lm.load_model(folder, "tiny", {}, s, 0)
+    ds = causal_lm.tokenize(datasets.Dataset.from_dict({"text": texts[:16]}), tok, s, {})
+    trainer_cls, extra = causal_lm.TASK.trainer(s, {})
+    trainer = trainer_cls(model=model, args=TrainingArguments(str(tmp_path / "out"), per_device_eval_batch_size=8, report_to=[], use_cpu=True),
+                          eval_dataset=ds, data_collator=causal_lm.collator(tok, model, s), **extra)
+    metrics = trainer.evaluate()
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    assert metrics["eval_perplexity"] > 100  # random weights over a 400-token vocabulary
+    prediction = trainer.predict(ds)
+    assert prediction.predictions is None  # no vocabulary-sized logits kept
+
+
+def test_perplexity_does_not_overflow():
+    assert causal_lm.perplexity(0.0) == 1.0 and causal_lm.perplexity(1e4) == math.inf
