@@ -96,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finetune", description="Fine-tune Hugging Face models as spot-resilient batch jobs. Settings come from FT_* environment variables (see README).")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="run the fine-tuning job (SageMaker starts containers with `train`)")
+    sub.add_parser("tune", help="Optuna search over the job's settings (FT_TUNE_*); tune.json and optuna.db at FT_OUTPUT_URI")
     sub.add_parser("submit", help="launch the job on AWS Batch or SageMaker (`finetune submit --help`)", add_help=False)
     codes = sub.add_parser("exit-codes", help="print the exit-code table and the AWS Batch retry rules")
     codes.add_argument("--json", action="store_true", help="as JSON")
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     try:
         if command == "train":
             train(environ, started)
+        elif command == "tune":
+            from . import tune
+
+            quiet_libraries()
+            tune.run(environ, started)
         elif command == "submit":
             from . import submit
 
