@@ -1,0 +1,112 @@
+"""masked-lm: continue pre-training an encoder (BERT-style) on the text column: FT_MLM_PROBABILITY
+of the tokens are masked in every batch (reproducibly, see SeededMaskingCollator), and the loss is
+on those. Metric: perplexity, exp(eval_loss), computed without keeping logits."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+
+import torch
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
+
+from .. import modeling, preprocess
+from ..errors import UserError
+from . import Prepared, Task
+
+
+def columns(settings) -> dict[str, str | None]:
+    return {"FT_TEXT_COLUMN": settings.text_column}
+
+
+def prepare(splits, settings) -> Prepared:
+    return Prepared(splits.train, splits.eval, {})
+
+
+def load_model(folder, uri: str, info: dict, settings, seed: int):
+    """The model with its masked-LM head (a new head, seeded, if the folder holds an encoder only)."""
+    set_seed(seed)
+    try:
+        return AutoModelForMaskedLM.from_pretrained(str(folder), **modeling.model_kwargs(settings))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"FT_MODEL: cannot load {uri} as a masked-LM model (an encoder such as BERT or RoBERTa): {exc}") from exc
+
+
+def tokenize(ds, tokenizer, settings, info):
+    """Each non-blank text as one example, truncated; the collator pads and masks per batch."""
+    if tokenizer.mask_token is None:
+        raise UserError("FT_TASK=masked-lm needs a tokenizer with a mask token (BERT, RoBERTa, ...); "
+                        "this model's has none. Use FT_TASK=causal-lm for a decoder-only model.")
+    length = preprocess.max_length(tokenizer, settings.max_length)
+    text = settings.text_column
+    ds = ds.filter(lambda batch: [t is not None and str(t).strip() != "" for t in batch[text]], batched=True, desc="drop blank texts")
+
+    def encode(batch):
+        # The special-tokens mask tells the collator which positions must never be masked.
+        return tokenizer([str(t) for t in batch[text]], truncation=True, max_length=length, return_special_tokens_mask=True)
+
+    return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
+
+
+@dataclasses.dataclass
+class SeededMaskingCollator(DataCollatorForLanguageModeling):
+    """The MLM collator with masks drawn from a generator seeded by (mask_seed, the batch's token
+    ids) instead of torch's global RNG.
+
+    Why: the data loader collates one batch ahead (accelerate's DataLoaderShard), so the batch
+    after a checkpoint is masked before that checkpoint is saved, from an RNG state the checkpoint
+    does not hold; a resumed run would mask it differently and end with different weights. Seeded
+    by its contents, a batch gets the same masks however it is reached (resumed, prefetched, in a
+    worker process), evaluation masks are the same at every evaluation, and masks still change
+    between epochs because the shuffled batches do.
+    """
+
+    mask_seed: int = 0
+
+    def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
+        self.generator = torch.Generator().manual_seed(batch_seed(self.mask_seed, inputs))
+        return super().torch_mask_tokens(inputs, special_tokens_mask=special_tokens_mask, offset_mapping=offset_mapping)
+
+
+def batch_seed(seed: int, input_ids: torch.Tensor) -> int:
+    """A 63-bit seed that depends on `seed` and every token id (and the shape) of the batch."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{seed}:{tuple(input_ids.shape)}:".encode())
+    digest.update(input_ids.to(torch.int64).numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
+
+
+def collator(tokenizer, model, settings):
+    seed = settings.seed if settings.seed is not None else 42  # the Trainer's default seed
+    return SeededMaskingCollator(tokenizer, mlm=True, mlm_probability=settings.mlm_probability, pad_to_multiple_of=8, mask_seed=seed)
+
+
+def add_perplexity(metrics: dict, prefix: str = "eval") -> dict:
+    """`{prefix}_perplexity` = exp(`{prefix}_loss`), when the loss is there (inf if it overflows)."""
+    loss = metrics.get(f"{prefix}_loss")
+    if loss is not None:
+        metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 700 else math.inf
+    return metrics
+
+
+class PerplexityTrainer(Trainer):
+    """Adds `eval_perplexity` to every evaluation's metrics, so it is logged (the `[metrics]`
+    lines), seen by callbacks and returned (metrics.json). Shared by the language-model tasks."""
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        add_perplexity(output.metrics, metric_key_prefix)
+        return output
+
+
+TASK = Task(
+    name="masked-lm",
+    columns=columns,
+    prepare=prepare,
+    load_model=load_model,
+    tokenize=tokenize,
+    collator=collator,
+    metrics=lambda tokenizer, settings, info: None,  # no logits kept: perplexity comes from eval_loss
+    trainer=lambda settings, info: (PerplexityTrainer, {}),
+    metric_for_best_model="loss",
+)
