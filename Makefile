@@ -5,6 +5,8 @@ VENV ?= .venv
 # machine use e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# Tools installed into the venv (moto_server, hadolint) are found by the tests on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
