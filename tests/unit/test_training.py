@@ -61,3 +61,11 @@ def test_trainer_rejections_become_user_errors(tmp_path):
 def test_seq2seq_only_settings_are_refused_for_other_tasks(tmp_path):
     with pytest.raises(UserError, match="FT_PREDICT_WITH_GENERATE only apply to FT_TASK=seq2seq"):
         training_arguments(settings(predict_with_generate="true"), tmp_path, cuda=False, hw=CPU)
+
+
+def test_precision_is_fp32_on_cpu_and_explicit_settings_win():
+    from entrypoint.modeling import precision
+
+    assert precision(None, None) == {"bf16": False, "fp16": False}  # this machine has no GPU
+    assert precision(True, None) == {"bf16": True, "fp16": False}
+    assert precision(None, True) == {"bf16": False, "fp16": True}

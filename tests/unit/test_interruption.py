@@ -1,0 +1,71 @@
+import os
+import signal
+import time
+from types import SimpleNamespace
+
+from entrypoint import interruption
+from entrypoint.runtime import Runtime
+from tests.support.fakes import FakeIMDS
+
+
+def test_a_signal_only_raises_the_flag_and_a_second_one_changes_nothing():
+    stop = interruption.StopRequest()
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        interruption.install_signal_handlers(stop)
+        os.kill(os.getpid(), signal.SIGTERM)
+        first = stop.requested_at
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.is_set() and stop.reason == "SIGTERM" and stop.signal == signal.SIGTERM
+        assert stop.requested_at == first and stop.count == 2
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
+def test_the_callback_saves_and_stops_once_at_the_step_boundary():
+    stop = interruption.StopRequest()
+    callback = interruption.StopOnRequest(stop)
+    control = SimpleNamespace(should_save=False, should_training_stop=False)
+    callback.on_step_end(None, SimpleNamespace(global_step=3), control)
+    assert not control.should_save and callback.stopped_at_step is None
+    stop.request("SIGTERM", signal.SIGTERM)
+    callback.on_step_end(None, SimpleNamespace(global_step=4), control)
+    assert control.should_save and control.should_training_stop and callback.stopped_at_step == 4
+
+
+def test_spot_notice_poller_uses_imdsv2_and_raises_the_flag():
+    imds = FakeIMDS()
+    stop = interruption.StopRequest()
+    try:
+        poller = interruption.SpotNoticePoller(stop, imds.url, interval_s=0.05)
+        assert poller.check() is None  # 404: no interruption scheduled
+        poller.start()
+        time.sleep(0.2)
+        assert not stop.is_set()
+        imds.notice()
+        assert stop.wait(5)
+        assert stop.reason == "spot-interruption-notice" and imds.token_requests == 1
+    finally:
+        imds.close()
+
+
+def test_poller_runs_on_batch_or_where_the_endpoint_is_set_and_never_when_disabled():
+    stop = interruption.StopRequest()
+    assert interruption.start_spot_poller(stop, {}, Runtime("local"), 1) is None
+    assert interruption.start_spot_poller(stop, {"AWS_EC2_METADATA_DISABLED": "true"}, Runtime("batch", job_id="j"), 1) is None
+    poller = interruption.start_spot_poller(stop, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}, Runtime("local"), 60)
+    try:
+        assert poller is not None and poller.endpoint == "http://127.0.0.1:9"
+    finally:
+        poller.close()
+
+
+def test_accounting_counts_steps_lost_when_the_stop_checkpoint_failed():
+    stop = interruption.StopRequest()
+    stop.request("SIGTERM", signal.SIGTERM)
+    stopper = interruption.StopOnRequest(stop)
+    stopper.stopped_at_step = 40
+    stats = SimpleNamespace(durable_step=30, durable_at=None, mb_per_s=None, failures=1)
+    figures = interruption.accounting(stop, stopper, stats, 5.0, None, 2)
+    assert figures["steps_lost"] == 10 and figures["notice_to_durable_s"] is None and figures["interruptions"] == 1
