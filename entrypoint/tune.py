@@ -6,9 +6,10 @@ Optuna is driven with ask/tell rather than `Trainer.hyperparameter_search`, so t
 values go through the same settings validation as `finetune train`, and so that the study can be
 saved after every trial and an interrupted trial recorded as failed and queued again.
 
-At FT_OUTPUT_URI:
-    optuna.db   the Optuna study (sqlite), uploaded after every trial: a rerun resumes from it
-    tune.json   every trial (number, state, params, value, metrics) and the best parameters
+Records (see `Records`):
+    FT_CHECKPOINT_URI/optuna.db   the Optuna study (sqlite), uploaded after every trial: a rerun resumes from it
+    FT_OUTPUT_URI/tune.json       every trial (number, state, params, value, metrics) and the best settings
+    FT_OUTPUT_URI/optuna.db       the study when the search ends
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import dataclasses
 import gc
 import json
 import logging
+import re
 import signal
 import sqlite3
 import time
@@ -91,10 +93,12 @@ def objective_metric(setting: str | None, task_metric: str) -> str:
 
 def default_direction(metric: str) -> str | None:
     """maximize for accuracy/F1/BLEU-like metrics, minimize for losses and perplexity, else None."""
-    name = metric.lower()
-    if any(word in name for word in MINIMIZED):
+    def names(words):  # a word at the start of a `_`-separated part: eval_rougeL yes, eval_lower no
+        return re.search(rf"(?:^|_)(?:{'|'.join(words)})", metric.lower())
+
+    if names(MINIMIZED):
         return "minimize"
-    if any(word in name for word in MAXIMIZED):
+    if names(MAXIMIZED):
         return "maximize"
     return None
 
@@ -106,92 +110,69 @@ def default_space(fixed: set[str]) -> dict:
     return {name: spec for name, spec in DEFAULT_SPACE.items() if name not in fixed}
 
 
-def _number_kind(annotation: Any) -> str | None:
-    import typing
-
-    members = set(typing.get_args(annotation)) - {type(None)} or {annotation}
-    if members == {int}:
-        return "int"
-    if members == {float}:
-        return "float"
-    return None
-
-
-def _check_value(adapter, value: Any) -> str | None:
-    import pydantic
-
-    try:
-        adapter.validate_python(value, strict=True)
-    except pydantic.ValidationError as exc:
-        return exc.errors()[0]["msg"].lower()
-    return None
-
-
 def parse_space(space: Mapping[str, Any]) -> tuple[list[Param], list[str]]:
     """The searched settings, and every problem with them (names, forms, bounds, types)."""
-    import typing
+    from .settings import check_setting_names, settings_class
 
-    import pydantic
-
-    from .settings import JobSettings, check_setting_names, settings_class
-
-    fields = settings_class().model_fields
     params, problems = [], []
     if not space:
         problems.append(f"FT_TUNE_SEARCH_SPACE names no setting: give at least one, e.g. {json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}.")
     for name, spec in space.items():
-        where = f"FT_TUNE_SEARCH_SPACE: {name}"
         wrong_name = check_setting_names([name])
-        if wrong_name:
-            problems.append(f"FT_TUNE_SEARCH_SPACE: {wrong_name[0]}")
-            continue
-        if name in JobSettings.model_fields and name not in TUNABLE_JOB_SETTINGS:
-            problems.append(f"{where} cannot be searched: only TrainingArguments fields and {', '.join(sorted(TUNABLE_JOB_SETTINGS))} can.")
-            continue
-        if not isinstance(spec, dict) or not (set(spec) in ({"choices"}, {"low", "high"}, {"low", "high", "log"})):
-            problems.append(f"{where} must be {SPEC_FORM}; got {json.dumps(spec)}.")
-            continue
-        field = fields[name]
-        adapter = pydantic.TypeAdapter(typing.Annotated[field.annotation, field])
-        if "choices" in spec:
-            choices = spec["choices"]
-            if not isinstance(choices, list) or not choices:
-                problems.append(f"{where}: choices must be a non-empty list; got {json.dumps(choices)}.")
-                continue
-            bad = [(c, _check_value(adapter, c)) for c in choices if c is None or isinstance(c, (list, dict))
-                   or _check_value(adapter, c)]
-            if bad:
-                value, why = bad[0]
-                problems.append(f"{where}: choice {json.dumps(value)} is not a valid value ({why or 'must be a number, string or boolean'}).")
-                continue
-            if len({json.dumps(c) for c in choices}) != len(choices):
-                problems.append(f"{where}: choices repeat a value; list each once.")
-                continue
-            params.append(Param(name, "choices", choices=tuple(choices)))
-            continue
-        kind = _number_kind(field.annotation)
-        low, high, use_log = spec["low"], spec["high"], spec.get("log", False)
-        if kind is None:
-            problems.append(f"{where} is not a number: search it with {{\"choices\": [...]}}.")
-            continue
-        if not isinstance(use_log, bool):
-            problems.append(f"{where}: log must be true or false; got {json.dumps(use_log)}.")
-            continue
-        wrong = [(label, v, _check_value(adapter, v)) for label, v in (("low", low), ("high", high))
-                 if isinstance(v, bool) or _check_value(adapter, v)]
-        if wrong:
-            label, value, why = wrong[0]
-            expected = "an integer" if kind == "int" else "a number"
-            problems.append(f"{where}: {label} must be {expected} valid for the setting ({why or 'not a boolean'}); got {json.dumps(value)}.")
-            continue
-        if not low < high:
-            problems.append(f"{where}: low must be below high; got low={low}, high={high}.")
-            continue
-        if use_log and low <= 0:
-            problems.append(f"{where}: a log range needs low > 0; got low={low}.")
-            continue
-        params.append(Param(name, kind, low, high, use_log))
+        found = f"FT_TUNE_SEARCH_SPACE: {wrong_name[0]}" if wrong_name else parse_param(name, spec, settings_class().model_fields[name])
+        (problems if isinstance(found, str) else params).append(found)
     return params, problems
+
+
+def parse_param(name: str, spec: Any, field) -> Param | str:
+    """One searched setting (`field` is its pydantic field), or the problem with it."""
+    import typing
+
+    import pydantic
+
+    from .settings import JobSettings
+
+    def invalid(value) -> str | None:
+        if value is None or isinstance(value, (list, dict)):
+            return "must be a number, string or boolean"
+        try:
+            adapter.validate_python(value, strict=True)
+        except pydantic.ValidationError as exc:
+            return exc.errors()[0]["msg"].lower()
+        return None
+
+    where = f"FT_TUNE_SEARCH_SPACE: {name}"
+    if name in JobSettings.model_fields and name not in TUNABLE_JOB_SETTINGS:
+        return f"{where} cannot be searched: only TrainingArguments fields and {', '.join(sorted(TUNABLE_JOB_SETTINGS))} can."
+    if not isinstance(spec, dict) or set(spec) not in ({"choices"}, {"low", "high"}, {"low", "high", "log"}):
+        return f"{where} must be {SPEC_FORM}; got {json.dumps(spec)}."
+    adapter = pydantic.TypeAdapter(typing.Annotated[field.annotation, field])
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            return f"{where}: choices must be a non-empty list; got {json.dumps(choices)}."
+        for choice in choices:
+            if why := invalid(choice):
+                return f"{where}: choice {json.dumps(choice)} is not a valid value ({why})."
+        if len({json.dumps(c) for c in choices}) != len(choices):
+            return f"{where}: choices repeat a value; list each once."
+        return Param(name, "choices", choices=tuple(choices))
+    members = set(typing.get_args(field.annotation)) - {type(None)} or {field.annotation}
+    kind = {frozenset({int}): "int", frozenset({float}): "float"}.get(frozenset(members))
+    low, high, use_log = spec["low"], spec["high"], spec.get("log", False)
+    if kind is None:
+        return f"{where} is not a number: search it with {{\"choices\": [...]}}."
+    if not isinstance(use_log, bool):
+        return f"{where}: log must be true or false; got {json.dumps(use_log)}."
+    for label, value in (("low", low), ("high", high)):
+        if why := ("a boolean" if isinstance(value, bool) else invalid(value)):
+            expected = "an integer" if kind == "int" else "a number"
+            return f"{where}: {label} must be {expected} valid for the setting ({why}); got {json.dumps(value)}."
+    if not low < high:
+        return f"{where}: low must be below high; got low={low}, high={high}."
+    if use_log and low <= 0:
+        return f"{where}: a log range needs low > 0; got low={low}."
+    return Param(name, kind, low, high, use_log)
 
 
 def plan(settings, task_metric: str) -> Plan:
@@ -255,10 +236,10 @@ def progress(states: list[str], wanted: int) -> tuple[int, int]:
 
 
 def resume_problem(stored: dict | None, current: dict) -> str | None:
-    """Why a study found at the output location cannot be continued with these settings."""
+    """Why a study found at FT_CHECKPOINT_URI cannot be continued with these settings."""
     if stored is None or stored == current:
         return None
-    return (f"FT_OUTPUT_URI already holds a search of {stored.get('metric')} ({stored.get('direction')}) over "
+    return (f"FT_CHECKPOINT_URI (default: checkpoints/ under FT_OUTPUT_URI) already holds a search of {stored.get('metric')} ({stored.get('direction')}) over "
             f"{json.dumps(stored.get('space'))}; these settings ask for {current['metric']} ({current['direction']}) over "
             f"{json.dumps(current['space'])}. Use another FT_OUTPUT_URI, or the earlier FT_TUNE_* settings to resume.")
 
@@ -281,30 +262,48 @@ def report(trials: list, plan_: Plan) -> dict:
             "finished": remaining == 0, "best": best, "trials": rows}
 
 
-class StudyFile:
-    """optuna.db at the output location: fetched at start, uploaded after every trial."""
+class Records:
+    """The study's durable copy and the search's report.
 
-    def __init__(self, store: storage.Store, folder: Path):
-        self.store = store
+    optuna.db is resume state, so it is kept where checkpoints are (FT_CHECKPOINT_URI; on SageMaker
+    /opt/ml/checkpoints, which survives spot restarts, while /opt/ml/model is uploaded only at the
+    end). tune.json, and at the end a copy of optuna.db, go to FT_OUTPUT_URI."""
+
+    def __init__(self, state: storage.Store, output: storage.Store, folder: Path, search: Plan):
+        self.state, self.output, self.search = state, output, search
         self.path = folder / DB_KEY
         self.snapshot = folder / f"{DB_KEY}.upload"
 
     def restore(self) -> bool:
-        # The output location is the truth: a local leftover from another run is never reused.
+        # The durable copy is the truth: a local leftover from another run is never reused.
         self.path.unlink(missing_ok=True)
-        if DB_KEY not in self.store.list(DB_KEY):
+        if DB_KEY not in self.state.list(DB_KEY):
             return False
-        self.store.download_file(DB_KEY, self.path)
+        self.state.download_file(DB_KEY, self.path)
         return True
 
     def url(self) -> str:
         return f"sqlite:///{self.path}"
 
-    def save(self) -> None:
+    def save(self, study, final: bool = False) -> dict:
+        """Upload the study and write tune.json; returns the report."""
         # sqlite's backup API copies a consistent state even while the Optuna engine holds the file.
         with sqlite3.connect(self.path) as source, sqlite3.connect(self.snapshot) as target:
             source.backup(target)
-        self.store.upload_file(self.snapshot, DB_KEY)
+        self.state.upload_file(self.snapshot, DB_KEY)
+        result = report(study.get_trials(deepcopy=False), self.search)
+        self.output.write_bytes(REPORT_KEY, json.dumps(result, indent=2, default=str).encode())
+        if final:
+            self.output.upload_file(self.snapshot, DB_KEY)
+        return result
+
+    def save_quietly(self, study) -> None:
+        """After a trial: a failed upload is logged and the search goes on (the next trial's
+        upload, or the last one, which must succeed, carries the study)."""
+        try:
+            self.save(study)
+        except FinetuneError:
+            log.warning("could not save the study to %s; will retry after the next trial", self.state.uri, exc_info=True)
 
 
 def stop_exit_code(stop) -> ExitCode:
@@ -329,12 +328,12 @@ def run(environ: Mapping[str, str], started: float) -> dict:
     stop = interruption.StopRequest()
     interruption.install_signal_handlers(stop)
     poller = interruption.start_spot_poller(stop, environ, runtime, settings.spot_notice_poll_seconds)
-    store = storage.open_store(settings.output_uri, settings.transfer_concurrency)
-    db = StudyFile(store, work.root)
-    resumed = db.restore()
+    records = Records(storage.open_store(config.checkpoint_uri(settings), settings.transfer_concurrency),
+                      storage.open_store(settings.output_uri, settings.transfer_concurrency), work.root, search)
+    resumed = records.restore()
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
-    study = optuna.create_study(storage=db.url(), study_name=STUDY_NAME, direction=search.direction, load_if_exists=True,
+    study = optuna.create_study(storage=records.url(), study_name=STUDY_NAME, direction=search.direction, load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=base_args.seed))
     problem = resume_problem(study.user_attrs.get("search"), search.identity())
     if problem:
@@ -349,25 +348,21 @@ def run(environ: Mapping[str, str], started: float) -> dict:
         tokenizer = modeling.load_tokenizer(model_dir, settings.model)
         trials = Trials(environ, runtime, settings, task, search, prepared, model_dir, tokenizer, stop)
         for _ in range(remaining):
+            if stop.is_set():
+                records.save(study)  # the finished trials must be durable before the exit
             interruption.check_stop(stop, "between trials")
-            run_trial(study, trials, db, store, search)
+            run_trial(study, trials, records)
     if poller:
         poller.close()
-    result = report(study.get_trials(deepcopy=False), search)
-    db.save()
-    publish_report(store, result)
+    result = records.save(study, final=True)
     if result["best"]:
         print(reporting.format_metrics({"best_trial": result["best"]["trial"], "best_objective": result["best"]["value"]}), flush=True)
     log.info("done in %.0f s: %d of %d trials; best %s; tune.json and optuna.db at %s", time.monotonic() - started, result["done"],
-             search.trials, json.dumps(result["best"]["params"]) if result["best"] else "none (no trial completed)", store.uri)
+             search.trials, json.dumps(result["best"]["params"]) if result["best"] else "none (no trial completed)", records.output.uri)
     return result
 
 
-def publish_report(store: storage.Store, result: dict) -> None:
-    store.write_bytes(REPORT_KEY, json.dumps(result, indent=2, default=str).encode())
-
-
-def run_trial(study, trials: "Trials", db: StudyFile, store: storage.Store, search: Plan) -> None:
+def run_trial(study, trials: "Trials", records: Records) -> None:
     """One trial, told to the study, then the study and tune.json saved."""
     from optuna.trial import TrialState
 
@@ -376,14 +371,13 @@ def run_trial(study, trials: "Trials", db: StudyFile, store: storage.Store, sear
         outcome = trials.run(trial)
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
-        save_quietly(db, store, study, search)
+        records.save_quietly(study)
         raise
     if outcome.interrupted:
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        db.save()  # must succeed: it is what the rerun resumes from
-        publish_report(store, report(study.get_trials(deepcopy=False), search))
+        records.save(study)  # must succeed: it is what the rerun resumes from
         log.warning("stop requested (%s) in trial %d: recorded as failed, queued to run again on resume",
                     trials.stop.reason, trial.number)
         raise Interrupted(trials.stop.reason or "a stop request", stop_exit_code(trials.stop))
@@ -393,18 +387,9 @@ def run_trial(study, trials: "Trials", db: StudyFile, store: storage.Store, sear
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, outcome.value)
-    print(reporting.format_metrics({"trial": trial.number, "objective": outcome.value}), flush=True)
-    save_quietly(db, store, study, search)
-
-
-def save_quietly(db: StudyFile, store: storage.Store, study, search: Plan) -> None:
-    """After a trial: a failed upload is logged and the search goes on (the next trial's upload,
-    or the final one, which must succeed, carries the study)."""
-    try:
-        db.save()
-        publish_report(store, report(study.get_trials(deepcopy=False), search))
-    except FinetuneError:
-        log.warning("could not save the study to %s; will retry after the next trial", store.uri, exc_info=True)
+    line = {"trial": trial.number, "objective": outcome.value, **({"pruned": 1} if outcome.pruned else {})}
+    print(reporting.format_metrics(line), flush=True)
+    records.save_quietly(study)
 
 
 @dataclasses.dataclass
@@ -453,6 +438,7 @@ class Trials:
                 return Outcome(interrupted=True)
             if pruner.pruned:
                 return Outcome(value=pruner.last_value, pruned=True)
+            trainer.remove_callback(pruner)  # the final evaluation decides; it is not a pruning point
             metrics = trainer.evaluate()
         finally:
             release(trainer)

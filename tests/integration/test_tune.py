@@ -36,8 +36,8 @@ def test_search_records_every_trial_and_the_best_in_s3(aws_env, bucket, job_inpu
         assert f"[metrics] trial={trial['number']} objective={trial['value']:.6g}" in out
         assert trial["metrics"]["eval_accuracy"] == trial["value"]
     keys = jobs.s3_keys(bucket, "runs/search/")
-    assert "runs/search/optuna.db" in keys
-    assert not any("checkpoint" in k or k.endswith(".safetensors") for k in keys)  # a search publishes no model
+    assert {"runs/search/optuna.db", "runs/search/checkpoints/optuna.db"} <= set(keys)
+    assert not any("checkpoint-" in k or k.endswith(".safetensors") for k in keys)  # trials save nothing; no model
 
 
 def test_sigterm_mid_trial_exits_143_and_a_rerun_completes_the_search(aws_env, bucket, job_inputs, tmp_path):
@@ -51,6 +51,7 @@ def test_sigterm_mid_trial_exits_143_and_a_rerun_completes_the_search(aws_env, b
     assert "stop requested (SIGTERM) in trial 1: recorded as failed" in job.output()
     interrupted = tune_json(bucket, "resume")
     assert states(interrupted) == [(0, "COMPLETE"), (1, "FAIL")] and not interrupted["finished"]
+    assert "runs/resume/checkpoints/optuna.db" in jobs.s3_keys(bucket, "runs/resume/")
 
     rc, out = jobs.run(env, tmp_path, "tune")
     assert rc == 0, out[-3000:]

@@ -75,7 +75,9 @@ def test_direction_follows_the_metric_unless_set():
     assert tune.default_direction("eval_bleu") == "maximize"
     assert tune.default_direction("eval_loss") == "minimize"
     assert tune.default_direction("eval_perplexity") == "minimize"
+    assert tune.default_direction("eval_rougeL") == "maximize"
     assert tune.default_direction("eval_score") is None
+    assert tune.default_direction("eval_lower_is_nicer") is None  # not "wer"
     assert tune.plan(settings(), "accuracy").direction == "maximize"
     assert tune.plan(settings(), "loss").metric == "eval_loss"
     assert tune.plan(settings(), "loss").direction == "minimize"
@@ -144,40 +146,43 @@ class FakeTrials:
         return tune.Outcome(value=params["learning_rate"] * 1000, metrics={"eval_loss": 0.5})
 
 
-def open_study(tmp_path, work: str, output):
+def open_study(tmp_path, work: str, search):
     import optuna
 
-    db = tune.StudyFile(output, tmp_path / work)
     (tmp_path / work).mkdir()
-    resumed = db.restore()
-    study = optuna.create_study(storage=db.url(), study_name=tune.STUDY_NAME, direction="maximize", load_if_exists=True)
-    return db, study, resumed
+    records = tune.Records(storage.LocalStore(str(tmp_path / "checkpoints")), storage.LocalStore(str(tmp_path / "out")),
+                           tmp_path / work, search)
+    resumed = records.restore()
+    study = optuna.create_study(storage=records.url(), study_name=tune.STUDY_NAME, direction="maximize", load_if_exists=True)
+    return records, study, resumed
 
 
 def test_an_interrupted_search_resumes_with_the_interrupted_trial_first(tmp_path):
     search = tune.plan(settings(tune_trials="3", tune_search_space=json.dumps({"learning_rate": {"low": 1e-5, "high": 1e-4}})), "accuracy")
     output = storage.LocalStore(str(tmp_path / "out"))
 
-    db, study, resumed = open_study(tmp_path, "work-1", output)
+    records, study, resumed = open_study(tmp_path, "work-1", search)
     assert not resumed
     fake = FakeTrials(search, stop_at=1)
-    tune.run_trial(study, fake, db, output, search)
+    tune.run_trial(study, fake, records)
     with pytest.raises(Interrupted) as info:
-        tune.run_trial(study, fake, db, output, search)
+        tune.run_trial(study, fake, records)
     assert info.value.exit_code == 143
     first = json.loads(output.read_bytes("tune.json"))
     assert [(t["number"], t["state"]) for t in first["trials"]] == [(0, "COMPLETE"), (1, "FAIL")]
     assert first["done"] == 1 and not first["finished"]
+    assert output.read_bytes("optuna.db") is None  # resume state lives with the checkpoints until the end
 
-    db, study, resumed = open_study(tmp_path, "work-2", output)  # a new machine: only the output location survives
+    records, study, resumed = open_study(tmp_path, "work-2", search)  # a new machine: only the stores survive
     assert resumed
     done, remaining = tune.progress([t.state.name for t in study.get_trials()], search.trials)
     assert (done, remaining) == (1, 2)
     again = FakeTrials(search)
     for _ in range(remaining):
-        tune.run_trial(study, again, db, output, search)
+        tune.run_trial(study, again, records)
     assert again.seen[0] == fake.seen[1]  # the interrupted trial's values are run first
-    final = json.loads(output.read_bytes("tune.json"))
+    final = records.save(study, final=True)
+    assert json.loads(output.read_bytes("tune.json")) == json.loads(json.dumps(final))
     assert [(t["number"], t["state"], t["retry_of"]) for t in final["trials"]] == [
         (0, "COMPLETE", None), (1, "FAIL", None), (2, "COMPLETE", 1), (3, "COMPLETE", None)]
     assert final["done"] == 3 and final["finished"]
@@ -186,14 +191,16 @@ def test_an_interrupted_search_resumes_with_the_interrupted_trial_first(tmp_path
     assert final["best"]["trial"] == best
     assert final["best"]["settings"] == {"FT_LEARNING_RATE": repr(final["best"]["params"]["learning_rate"])}
     assert final["trials"][0]["metrics"] == {"eval_loss": 0.5}
+    assert output.read_bytes("optuna.db")[:16] == b"SQLite format 3\x00"
 
 
 def test_a_local_leftover_study_is_never_trusted(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "optuna.db").write_bytes(b"stale")
-    db = tune.StudyFile(storage.LocalStore(str(tmp_path / "out")), tmp_path / "work")
-    assert db.restore() is False
-    assert not db.path.exists()
+    store = storage.LocalStore(str(tmp_path / "out"))
+    records = tune.Records(store, store, tmp_path / "work", tune.plan(settings(), "accuracy"))
+    assert records.restore() is False
+    assert not records.path.exists()
 
 
 def test_bad_search_settings_fail_before_anything_is_touched(tmp_path):
