@@ -312,7 +312,10 @@ def stop_exit_code(stop) -> ExitCode:
 
 def run(environ: Mapping[str, str], started: float) -> dict:
     """The search: settings → plan → study → data and model → trials → tune.json."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("finetune tune needs Optuna: pip install 'finetune[tune]' (or pip install optuna).") from None
 
     from . import data, interruption, modeling, settings as config, tasks, training, workspace
 
