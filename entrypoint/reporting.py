@@ -51,4 +51,6 @@ STANDARD_METRICS = [
     "notice_to_durable_s",
     "start_to_first_step_s",
     "upload_mb_per_s",
+    "objective",
+    "best_objective",
 ]
