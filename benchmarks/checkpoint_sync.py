@@ -35,7 +35,7 @@ from harness import (BUCKET, REPO, Job, S3Server, aws_env, ensure_aws_cli, folde
 MB = 1e6
 
 
-def job_env(args, url: str, tmp: Path, run: str, checkpoint_uri: str, max_steps: int) -> dict:
+def job_env(args, url: str, tmp: Path, run: str, checkpoint_uri: str, max_steps: int, logging_steps: int = 5) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "AWS_"))}
     env.update(aws_env(url), OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
@@ -48,7 +48,7 @@ def job_env(args, url: str, tmp: Path, run: str, checkpoint_uri: str, max_steps:
         "FT_WORK_DIR": str(tmp / run / "work"),
         "FT_MAX_STEPS": str(max_steps),
         "FT_SAVE_STEPS": str(args.save_steps),
-        "FT_LOGGING_STEPS": "5",
+        "FT_LOGGING_STEPS": str(logging_steps),
         "FT_PER_DEVICE_TRAIN_BATCH_SIZE": "32",
         "FT_MAX_LENGTH": "64",
         "FT_LEARNING_RATE": "5e-5",
@@ -165,7 +165,8 @@ def phase_notice(args, server: S3Server, tmp: Path, log) -> dict:
                     job.proc.send_signal(signal.SIGTERM)
                     sent.append(time.monotonic())
 
-        job = Job(job_env(args, server.url, tmp, run, checkpoint_uri(kind, tmp, run), max_steps=10 * args.max_steps), on_line)
+        job = Job(job_env(args, server.url, tmp, run, checkpoint_uri(kind, tmp, run), max_steps=10 * args.max_steps,
+                          logging_steps=1), on_line)  # a line every step: the signal lands on the step chosen
         rc, wall = job.finish()
         job.save_log(tmp / "logs" / f"{run}.log")
         m = job.metrics()
