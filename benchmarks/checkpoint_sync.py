@@ -299,6 +299,7 @@ def main(argv=None) -> int:
           f"{args.repeats} transfer repeat(s); load average {load_at_start:.1f} at start, {results['load_1min_at_end']:.1f} at end "
           f"on {os.cpu_count()} CPUs (above the CPU count, other work skews the timings: compare ratios, rerun when idle)")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
 
