@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow test-container lint clean
+.PHONY: install demo test test-slow test-container bench clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ test-slow: install
 # Builds the image with podman and runs it (needs scripts/container/setup-podman.sh, as root).
 test-container: install
 	$(BIN)/python -m pytest -m container
+
+# Checkpoint sync timings, side by side (ratios, no assertions): ~10 min on 2 idle cores. QUICK=1: smoke run.
+bench: install
+	$(BIN)/python benchmarks/checkpoint_sync.py $(if $(QUICK),--quick) --json .bench/checkpoint_sync.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
