@@ -10,6 +10,7 @@ its checksums are verified after download. Anything else is skipped with a warni
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -117,6 +118,22 @@ def build_manifest(folder: Path, step: int, generation: int) -> dict:
     }
 
 
+def upload_hashed(store: storage.Store, folder: Path, name: str, step: int, generation: int, concurrency: int) -> dict:
+    """Upload `folder` under `name/`, hashing each file in the same worker that uploads it (so
+    hashing overlaps the other files' transfers); returns the manifest to commit."""
+    rels = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
+
+    def send(rel: str) -> tuple[str, dict]:
+        path = folder / rel
+        entry = {"size": path.stat().st_size, "sha256": sha256(path)}
+        store.upload_file(path, f"{name}/{rel}")
+        return rel, entry
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        entries = dict(pool.map(send, rels))
+    return {"format": FORMAT, "step": step, "generation": generation, "created_unix": time.time(), "files": entries}
+
+
 def read_manifests(store: storage.Store, folders: Iterable[str], cache: dict[str, dict | None]) -> dict[str, dict | None]:
     """The parsed manifest of each folder that lists one (manifests never change once written)."""
     for folder in folders:
@@ -155,9 +172,16 @@ def restore(store: storage.Store, scratch: Path, concurrency: int = 8) -> tuple[
             continue
         folder = scratch / local_name(cp.step)
         shutil.rmtree(folder, ignore_errors=True)
-        files = list(cp.manifest["files"])
-        storage.download_many(store, [f"{cp.name}/{rel}" for rel in files], folder, strip=f"{cp.name}/", concurrency=concurrency)
-        bad = [rel for rel in files if sha256(folder / rel) != cp.manifest["files"][rel]["sha256"]]
+        expected = cp.manifest["files"]
+
+        def fetch(rel: str) -> str | None:
+            """Download one file and verify it in the same worker; the name if it is corrupt."""
+            path = storage.safe_destination(folder, rel)
+            store.download_file(f"{cp.name}/{rel}", path)
+            return rel if sha256(path) != expected[rel]["sha256"] else None
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+            bad = [rel for rel in pool.map(fetch, expected) if rel]
         if bad:
             log.warning("skipping checkpoint %s: checksum mismatch in %s", cp.name, ", ".join(bad))
             shutil.rmtree(folder, ignore_errors=True)
@@ -276,9 +300,7 @@ class CheckpointSync:
             return
         started = time.monotonic()
         name = store_name(step, self.generation)
-        manifest = build_manifest(folder, step, self.generation)
-        files = {f"{name}/{rel}": folder / rel for rel in manifest["files"]}
-        storage.upload_many(self.store, files, self.concurrency)
+        manifest = upload_hashed(self.store, folder, name, step, self.generation, self.concurrency)
         if newest_generation(self.store) > self.generation:
             self.superseded = True
             raise WorldError(f"a newer attempt of this job writes to {self.store.uri}; this attempt stops writing")
