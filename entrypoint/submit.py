@@ -142,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
                     "AWS_BATCH_JOB_ARRAY_INDEX (0..N-1) in its environment.")
     batch.add_argument("--job-queue", required=True)
     batch.add_argument("--job-definition", required=True, help="name, name:revision, or ARN")
+    batch.add_argument("--image", help="run this image: registers a revision of the job definition (its latest "
+                                       "ACTIVE one without a revision) that differs only in the image, unless it "
+                                       "already runs it, and submits against that; --dry-run then describes the "
+                                       "definition and prints both requests")
     batch.add_argument("--array-size", type=int, help="run N children (2-10000) as an array job")
     batch.add_argument("--gpus", type=int, help="override the definition's GPU count")
     batch.add_argument("--timeout-seconds", type=int, help="per-attempt timeout (at least 60)")
@@ -201,6 +205,31 @@ def _build_request(args: argparse.Namespace, job_name: str, settings: dict, envi
         max_wait_seconds=args.max_wait_seconds, checkpoint_s3_uri=args.checkpoint_s3_uri)
 
 
+def with_image(client, job_definition: str, image: str, request: dict, *, dry_run: bool) -> dict:
+    """`request` pointed at a revision of `job_definition` that runs `image`: the described one
+    if it already does, else a new one registered here. With dry_run, print the RegisterJobDefinition
+    (null when none is needed) and SubmitJob requests instead of registering anything."""
+    with aws_errors("batch DescribeJobDefinitions"):
+        described = submit_batch.pick_job_definition(
+            submit_batch.describe_job_definitions(client, job_definition), job_definition)
+    register = submit_batch.derive_job_definition(described, image)
+    if described["containerProperties"].get("image") == image:
+        register = None
+    if dry_run:
+        arn = described["jobDefinitionArn"] if register is None else "<jobDefinitionArn that RegisterJobDefinition returns>"
+        print(json.dumps({"RegisterJobDefinition": register, "SubmitJob": {**request, "jobDefinition": arn}},
+                         indent=2, sort_keys=True))
+        return request
+    if register is None:
+        arn = described["jobDefinitionArn"]
+        _log(f"job definition {arn} already runs {image}; submitting against it")
+    else:
+        with aws_errors("batch RegisterJobDefinition"):
+            arn = submit_batch.register_job_definition(client, register)
+        _log(f"registered job definition {arn} (image {image}, otherwise as {described['jobDefinitionArn']})")
+    return {**request, "jobDefinition": arn}
+
+
 def main(argv: list[str], environ: Mapping[str, str]) -> int:
     """`finetune submit ...`; returns 0, or raises UserError / WorldError."""
     from entrypoint import aws
@@ -217,7 +246,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     if problems:
         raise UserError(f"{len(problems)} problem(s) with `finetune submit {args.target}`:\n"
                         + "\n".join(f"  - {p}" for p in problems))
-    if args.dry_run:
+    if args.dry_run and not (args.target == "batch" and args.image):
         print(json.dumps(request, indent=2, sort_keys=True))
         return 0
 
@@ -231,6 +260,10 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
         return 0
 
     client = aws.client("batch", region=args.region)
+    if args.image:
+        request = with_image(client, args.job_definition, args.image, request, dry_run=args.dry_run)
+        if args.dry_run:
+            return 0
     with aws_errors("batch SubmitJob"):
         job_id = submit_batch.submit(client, request)
     print(job_id, flush=True)

@@ -1,10 +1,13 @@
 """`finetune submit batch`: the SubmitJob request (pure), the call, and following the job.
 
 Settings travel as container environment overrides on top of the job definition, which the
-Terraform module registers with the project's retry rules (errors.RETRY_RULES).
+Terraform module registers with the project's retry rules (errors.RETRY_RULES). A job's image
+cannot be overridden at submit time, so `--image` registers a new revision of the definition
+that differs only in its image (derive_job_definition) and submits against that.
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Mapping
 
@@ -18,6 +21,9 @@ USER_EXIT_CODES = frozenset({int(ExitCode.USER_ERROR), int(ExitCode.USAGE)})
 MAX_ARRAY_SIZE = 10_000
 MIN_TIMEOUT_SECONDS = 60
 MAX_ATTEMPTS = 10
+# What DescribeJobDefinitions reports but RegisterJobDefinition does not take.
+# https://docs.aws.amazon.com/batch/latest/APIReference/API_JobDefinition.html
+READ_ONLY_DEFINITION_FIELDS = frozenset({"jobDefinitionArn", "revision", "status", "containerOrchestrationType"})
 
 
 def evaluate_on_exit() -> list[dict[str, str]]:
@@ -92,6 +98,58 @@ def build_submit_job_request(
         # so the project's exit-code rules go along or a user error would be retried.
         request["retryStrategy"] = {"attempts": attempts, "evaluateOnExit": evaluate_on_exit()}
     return request
+
+
+def split_job_definition(reference: str) -> tuple[str, int | None]:
+    """(name, revision or None) of a `--job-definition`: name, name:revision, or an ARN."""
+    _, marker, rest = reference.partition(":job-definition/")
+    name, _, revision = (rest if marker else reference).partition(":")
+    if not revision:
+        return name, None
+    if not revision.isdigit():
+        raise UserError(f"--job-definition {reference!r}: the revision after ':' must be a number")
+    return name, int(revision)
+
+
+def pick_job_definition(definitions: list[Mapping], reference: str) -> Mapping:
+    """The description `reference` names among `definitions` (DescribeJobDefinitions entries for
+    its name): the given revision, or without one the latest ACTIVE revision, as SubmitJob does."""
+    name, revision = split_job_definition(reference)
+    mine = [d for d in definitions if d.get("jobDefinitionName") == name]
+    if revision is not None:
+        found = [d for d in mine if d.get("revision") == revision]
+    else:
+        found = sorted((d for d in mine if d.get("status") == "ACTIVE"), key=lambda d: d["revision"])[-1:]
+    if not found:
+        what = f"revision {revision} of {name}" if revision is not None else f"ACTIVE revision of {name}"
+        raise UserError(f"--job-definition {reference}: found no {what} (check the name and --region)")
+    return found[-1]
+
+
+def derive_job_definition(described: Mapping, image: str) -> dict:
+    """The RegisterJobDefinition request for a new revision of `described` (a DescribeJobDefinitions
+    entry) that runs `image`: role, environment, resources, retry rules, timeout and tags are kept."""
+    if not image or any(c.isspace() for c in image):
+        raise UserError(f"--image {image!r}: expected an image URI such as ACCOUNT.dkr.ecr.REGION.amazonaws.com/finetune:TAG")
+    if "containerProperties" not in described:
+        kind = next((k for k in ("nodeProperties", "ecsProperties", "eksProperties") if k in described), "no containerProperties")
+        raise UserError(f"--image works with single-container job definitions; {described.get('jobDefinitionArn')} has {kind}")
+    request = {k: copy.deepcopy(v) for k, v in described.items() if k not in READ_ONLY_DEFINITION_FIELDS}
+    request["containerProperties"]["image"] = image
+    return request
+
+
+def describe_job_definitions(client, reference: str) -> list[Mapping]:
+    """Every revision of the definition `reference` names (by name, so name:revision works on
+    moto too, and paginated: a definition used with --image collects revisions)."""
+    name, _ = split_job_definition(reference)
+    pages = client.get_paginator("describe_job_definitions").paginate(jobDefinitionName=name)
+    return [d for page in pages for d in page["jobDefinitions"]]
+
+
+def register_job_definition(client, request: Mapping) -> str:
+    """Register the revision; returns its ARN."""
+    return client.register_job_definition(**request)["jobDefinitionArn"]
 
 
 def submit(client, request: Mapping) -> str:

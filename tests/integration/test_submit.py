@@ -46,10 +46,13 @@ def batch_queue(aws_env, moto_server):
     batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=1, computeEnvironmentOrder=[
         {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}])
     definition = f"finetune-{suffix}"
+    job_role = iam.create_role(RoleName=f"batch-job-{suffix}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     batch.register_job_definition(
         jobDefinitionName=definition, type="container", retryStrategy={"attempts": 3},
-        containerProperties={"image": "finetune:test", "command": ["finetune"], "resourceRequirements": [
-            {"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}]})
+        timeout={"attemptDurationSeconds": 7200}, tags={"Project": "finetune"},
+        containerProperties={"image": "finetune:test", "command": ["finetune"], "jobRoleArn": job_role,
+                             "environment": [{"name": "FT_MODEL", "value": "s3://b/models/tiny/"}],
+                             "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}]})
     yield queue, definition
     _moto_config(moto_server, {"batch": before})
 
@@ -82,6 +85,45 @@ def test_submit_batch_lands_settings_as_environment_overrides(aws_env, batch_que
     assert environment["HF_HUB_OFFLINE"] == "1"
     assert job["arrayProperties"]["size"] == 3
     assert job["timeout"] == {"attemptDurationSeconds": 3600}
+
+
+def test_submit_batch_with_image_runs_a_new_revision_that_differs_only_in_its_image(aws_env, batch_queue):
+    queue, definition = batch_queue
+    batch = boto3.client("batch")
+    old = batch.describe_job_definitions(jobDefinitionName=definition)["jobDefinitions"][0]
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:0123456789abcdef"
+    argv = ["submit", "batch", "--job-queue", queue, "--job-definition", definition, "--image", image,
+            "--set", "FT_MAX_STEPS=20"]
+
+    dry = finetune([*argv, "--dry-run"], aws_env)
+    assert dry.returncode == 0, dry.stderr
+    printed = json.loads(dry.stdout)
+    assert printed["RegisterJobDefinition"]["containerProperties"]["image"] == image
+    assert printed["SubmitJob"]["containerOverrides"]["environment"] == [{"name": "FT_MAX_STEPS", "value": "20"}]
+    assert len(batch.describe_job_definitions(jobDefinitionName=definition)["jobDefinitions"]) == 1, "dry run"
+
+    result = finetune([*argv, "--wait", "--poll-seconds", "0.2"], aws_env)
+    assert result.returncode == 0, result.stderr
+    job = batch.describe_jobs(jobs=[result.stdout.strip()])["jobs"][0]
+    new = batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
+    assert (new["jobDefinitionName"], new["revision"]) == (definition, old["revision"] + 1)
+    assert f"registered job definition {new['jobDefinitionArn']}" in result.stderr
+    assert new["containerProperties"]["image"] == image
+    assert {k: v for k, v in new["containerProperties"].items() if k != "image"} == \
+        {k: v for k, v in old["containerProperties"].items() if k != "image"}
+    for key in ("type", "retryStrategy", "timeout", "tags", "parameters"):
+        assert new[key] == old[key], key
+    # (moto's job description carries no image of its own; the definition's is the one that runs.)
+    assert {e["name"]: e["value"] for e in job["container"]["environment"]}["FT_MAX_STEPS"] == "20"
+    # The old revision is untouched and still runs its own image.
+    before = batch.describe_job_definitions(jobDefinitions=[old["jobDefinitionArn"]])["jobDefinitions"][0]
+    assert (before["status"], before["containerProperties"]["image"]) == ("ACTIVE", "finetune:test")
+
+    # Submitting the same image again reuses the revision instead of registering another.
+    again = finetune(argv, aws_env)
+    assert again.returncode == 0, again.stderr
+    assert "already runs" in again.stderr
+    assert len(batch.describe_job_definitions(jobDefinitionName=definition)["jobDefinitions"]) == 2
 
 
 def test_submit_batch_with_an_unknown_setting_exits_64_and_submits_nothing(aws_env, batch_queue):

@@ -208,6 +208,139 @@ def test_bad_batch_flags_are_user_errors_naming_the_flag(overrides, flag):
     assert str(info.value).startswith(flag)
 
 
+JOB_ROLE = "arn:aws:iam::123456789012:role/finetune-batch-job"
+DEFINITION_ARN = "arn:aws:batch:us-east-1:123456789012:job-definition/finetune:3"
+
+
+def described_definition(**overrides) -> dict:
+    """A DescribeJobDefinitions entry shaped like the one the Terraform module registers."""
+    described = {
+        "jobDefinitionName": "finetune",
+        "jobDefinitionArn": DEFINITION_ARN,
+        "revision": 3,
+        "status": "ACTIVE",
+        "type": "container",
+        "parameters": {},
+        "containerOrchestrationType": "ECS",
+        "platformCapabilities": ["EC2"],
+        "propagateTags": True,
+        "tags": {"Project": "finetune"},
+        "timeout": {"attemptDurationSeconds": 86400},
+        "retryStrategy": {"attempts": 5, "evaluateOnExit": submit_batch.evaluate_on_exit()},
+        "containerProperties": {
+            "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:main",
+            "jobRoleArn": JOB_ROLE,
+            "environment": [{"name": "FT_MODEL", "value": "s3://b/models/minilm/"}],
+            "resourceRequirements": [{"type": "GPU", "value": "1"}, {"type": "VCPU", "value": "4"},
+                                     {"type": "MEMORY", "value": "14336"}],
+            "linuxParameters": {"sharedMemorySize": 2048},
+            "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/aws/batch/finetune"}},
+            "mountPoints": [], "volumes": [], "ulimits": [], "secrets": [],
+        },
+    }
+    described.update(overrides)
+    return described
+
+
+def test_derived_definition_matches_snapshot():
+    assert_snapshot("register_job_definition.json", submit_batch.derive_job_definition(described_definition(), IMAGE))
+
+
+def test_derived_definition_changes_only_the_image_and_drops_read_only_fields():
+    described = described_definition()
+    request = submit_batch.derive_job_definition(described, IMAGE)
+    assert request["containerProperties"]["image"] == IMAGE
+    assert described["containerProperties"]["image"].endswith(":main"), "the description is left as it was"
+    assert set(described) - set(request) == {"jobDefinitionArn", "revision", "status", "containerOrchestrationType"}
+    for key in ("jobDefinitionName", "type", "retryStrategy", "timeout", "tags", "propagateTags", "platformCapabilities"):
+        assert request[key] == described[key], key
+    container, before = request["containerProperties"], described["containerProperties"]
+    assert {k: v for k, v in container.items() if k != "image"} == {k: v for k, v in before.items() if k != "image"}
+    assert container["jobRoleArn"] == JOB_ROLE
+
+
+@pytest.mark.parametrize("kind", ["nodeProperties", "eksProperties"])
+def test_image_of_a_definition_without_container_properties_is_refused(kind):
+    described = described_definition(**{kind: {}})
+    del described["containerProperties"]
+    with pytest.raises(UserError, match=f"single-container job definitions; {DEFINITION_ARN} has {kind}"):
+        submit_batch.derive_job_definition(described, IMAGE)
+
+
+@pytest.mark.parametrize("image", ["", "finetune: 1", " finetune:1"])
+def test_blank_or_spaced_image_is_refused(image):
+    with pytest.raises(UserError, match="--image"):
+        submit_batch.derive_job_definition(described_definition(), image)
+
+
+@pytest.mark.parametrize("reference, expected", [
+    ("finetune", ("finetune", None)),
+    ("finetune:12", ("finetune", 12)),
+    (DEFINITION_ARN, ("finetune", 3)),
+    ("arn:aws:batch:us-east-1:123456789012:job-definition/finetune", ("finetune", None)),
+])
+def test_job_definition_references_split_into_name_and_revision(reference, expected):
+    assert submit_batch.split_job_definition(reference) == expected
+
+
+def test_a_bare_name_picks_the_latest_active_revision_and_a_revision_picks_itself():
+    revisions = [described_definition(revision=r, status=s, jobDefinitionArn=f"arn:...:finetune:{r}")
+                 for r, s in [(1, "INACTIVE"), (4, "INACTIVE"), (2, "ACTIVE"), (3, "ACTIVE")]]
+    others = [described_definition(jobDefinitionName="finetune-multinode", revision=9)]
+    assert submit_batch.pick_job_definition(revisions + others, "finetune")["revision"] == 3
+    assert submit_batch.pick_job_definition(revisions + others, "finetune:4")["revision"] == 4
+    with pytest.raises(UserError, match="found no revision 7 of finetune"):
+        submit_batch.pick_job_definition(revisions, "finetune:7")
+    with pytest.raises(UserError, match="found no ACTIVE revision of finetune"):
+        submit_batch.pick_job_definition(revisions[:2], "finetune")
+
+
+class FakeDefinitions:
+    """describe_job_definitions (through its paginator) and register_job_definition over a list."""
+
+    def __init__(self, definitions):
+        self.definitions = list(definitions)
+        self.registered = []
+
+    def get_paginator(self, operation):
+        assert operation == "describe_job_definitions"
+        return self
+
+    def paginate(self, jobDefinitionName):  # noqa: N803 - boto3's parameter name
+        mine = [d for d in self.definitions if d["jobDefinitionName"] == jobDefinitionName]
+        return [{"jobDefinitions": mine[:1]}, {"jobDefinitions": mine[1:]}]
+
+    def register_job_definition(self, **request):
+        revision = max(d["revision"] for d in self.definitions) + 1
+        arn = f"arn:aws:batch:us-east-1:123456789012:job-definition/{request['jobDefinitionName']}:{revision}"
+        self.registered.append(request)
+        self.definitions.append({**request, "revision": revision, "status": "ACTIVE", "jobDefinitionArn": arn})
+        return {"jobDefinitionArn": arn, "jobDefinitionName": request["jobDefinitionName"], "revision": revision}
+
+
+def test_with_image_registers_a_revision_and_points_the_request_at_it(capsys):
+    client = FakeDefinitions([described_definition(revision=2, jobDefinitionArn="arn:...:finetune:2"),
+                              described_definition()])
+    request = submit.with_image(client, "finetune", IMAGE, batch_request(job_definition="finetune"), dry_run=False)
+    new_arn = "arn:aws:batch:us-east-1:123456789012:job-definition/finetune:4"
+    assert request["jobDefinition"] == new_arn
+    assert client.registered == [submit_batch.derive_job_definition(described_definition(), IMAGE)]
+    assert new_arn in capsys.readouterr().err
+
+    again = submit.with_image(client, "finetune", IMAGE, batch_request(job_definition="finetune"), dry_run=False)
+    assert again["jobDefinition"] == new_arn and len(client.registered) == 1, "a revision that runs it is reused"
+
+
+def test_with_image_dry_run_prints_both_requests_and_registers_nothing(capsys):
+    client = FakeDefinitions([described_definition()])
+    submit.with_image(client, DEFINITION_ARN, IMAGE, batch_request(job_definition=DEFINITION_ARN), dry_run=True)
+    printed = json.loads(capsys.readouterr().out)
+    assert client.registered == []
+    assert printed["RegisterJobDefinition"] == submit_batch.derive_job_definition(described_definition(), IMAGE)
+    assert printed["SubmitJob"]["jobDefinition"].startswith("<jobDefinitionArn")
+    assert printed["SubmitJob"]["containerOverrides"] == batch_request()["containerOverrides"]
+
+
 def failed_job(exit_code, **extra):
     return {"jobId": "j-1", "jobName": "ft", "status": "FAILED", "statusReason": "Essential container in task exited",
             "attempts": [{"container": {"exitCode": exit_code, "logStreamName": "finetune/default/abc"}}], **extra}
