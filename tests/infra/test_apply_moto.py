@@ -86,6 +86,17 @@ def _check_resources(out: dict, name: str) -> None:
 
     project = boto3.client("codebuild").batch_get_projects(names=[out["codebuild_project_name"]])["projects"][0]
     assert project["environment"]["privilegedMode"] is True
+    assert project["cache"]["type"] == "LOCAL" and "LOCAL_DOCKER_LAYER_CACHE" in project["cache"]["modes"]
+    variables = {v["name"]: v["value"] for v in project["environment"]["environmentVariables"]}
+    assert variables["ECR_REPOSITORY_URL"] == out["repository_url"]
+    assert variables["SMOKE_JOB_QUEUE"] == out["job_queue_arn"]
+    assert variables["SMOKE_JOB_DEFINITION"] == out["job_definition_arn"].rsplit("/", 1)[1].split(":")[0]
+    smoke = iam.get_role_policy(RoleName=f"{name}-codebuild", PolicyName="submit-smoke-job")["PolicyDocument"]
+    smoke = json.loads(smoke) if isinstance(smoke, str) else smoke
+    submit = next(s for s in smoke["Statement"] if s["Action"] == ["batch:SubmitJob"])
+    assert out["job_queue_arn"] in submit["Resource"]
+    passed = next(s for s in smoke["Statement"] if s["Action"] == ["iam:PassRole"])
+    assert passed["Resource"] == [out["job_role_arn"]]
 
 
 def _finetune(env: dict, *args: str) -> str:
@@ -110,6 +121,20 @@ def _submit_to_what_terraform_made(env: dict, out: dict, moto_server: str) -> No
     assert job["jobQueue"].endswith(out["job_queue_name"]) and job["jobDefinition"] == out["job_definition_arn"]
     overrides = {e["name"]: e["value"] for e in job["container"]["environment"]}
     assert overrides["FT_LEARNING_RATE"] == "3e-5"
+
+    # As the CI smoke job does: the definition by name, with this commit's image.
+    image = f"{out['repository_url']}:0123456789abcdef0123456789abcdef01234567"
+    definition = out["job_definition_arn"].rsplit("/", 1)[1].split(":")[0]
+    job_id = _finetune(env, "submit", "batch", "--job-queue", out["job_queue_arn"], "--job-definition", definition,
+                       "--image", image, "--set", "FT_MAX_STEPS=20")
+    job = boto3.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]
+    batch = boto3.client("batch")
+    new, old = (batch.describe_job_definitions(jobDefinitions=[arn])["jobDefinitions"][0]
+                for arn in (job["jobDefinition"], out["job_definition_arn"]))
+    assert new["revision"] > old["revision"] and new["containerProperties"]["image"] == image
+    assert {**new["containerProperties"], "image": None} == {**old["containerProperties"], "image": None}
+    for key in ("retryStrategy", "timeout", "tags", "propagateTags", "platformCapabilities"):
+        assert new[key] == old[key], key
 
     name = _finetune(env, "submit", "sagemaker", "--image", f"{out['repository_url']}:test", "--role", out["sagemaker_role_arn"],
                      "--instance-type", "ml.g5.xlarge", "--output-s3-uri", f"s3://{bucket}/outputs/",

@@ -100,4 +100,13 @@ module "ci" {
   source_location = var.source_location
   repository_url  = module.storage.repository_url
   repository_arn  = module.storage.repository_arn
+
+  smoke_job = {
+    job_queue_arn       = module.batch.job_queue_arn
+    job_definition_name = module.batch.job_definition_name
+    job_role_arn        = module.iam.job_role_arn
+    model               = "${local.bucket_uri}/models/minilm/"
+    train_data          = "${local.bucket_uri}/data/sst2/train.jsonl"
+    output_prefix       = "${local.bucket_uri}/outputs/smoke/"
+  }
 }

@@ -57,6 +57,67 @@ resource "aws_iam_role_policy" "this" {
   })
 }
 
+locals {
+  # Job definitions live beside the queue: same partition, region and account.
+  smoke_batch_arn_prefix = var.smoke_job == null ? null : regex("^(arn:[^:]+:batch:[^:]+:[0-9]+):job-queue/", var.smoke_job.job_queue_arn)[0]
+  smoke_environment = var.smoke_job == null ? tomap({}) : tomap({
+    SMOKE_JOB_QUEUE      = var.smoke_job.job_queue_arn
+    SMOKE_JOB_DEFINITION = var.smoke_job.job_definition_name
+    SMOKE_MODEL          = var.smoke_job.model
+    SMOKE_TRAIN_DATA     = var.smoke_job.train_data
+    SMOKE_OUTPUT_PREFIX  = trimsuffix(var.smoke_job.output_prefix, "/")
+  })
+}
+
+# `finetune submit batch --image`: describe the job definition, register a revision of it with the
+# new image, submit against that and follow the job.
+resource "aws_iam_role_policy" "smoke" {
+  count = var.smoke_job == null ? 0 : 1
+  name  = "submit-smoke-job"
+  role  = aws_iam_role.this.id
+
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        # A revision's ARN ends in :N; the registration may be authorized on the bare name.
+        # Registering copies the definition's tags, which Batch may also authorize as TagResource.
+        Sid    = "RegisterSmokeJobDefinition"
+        Effect = "Allow"
+        Action = ["batch:RegisterJobDefinition", "batch:TagResource"]
+        Resource = [
+          "${local.smoke_batch_arn_prefix}:job-definition/${var.smoke_job.job_definition_name}",
+          "${local.smoke_batch_arn_prefix}:job-definition/${var.smoke_job.job_definition_name}:*",
+        ]
+      },
+      {
+        # SubmitJob is authorized on both the queue and the definition revision.
+        Sid    = "SubmitSmokeJob"
+        Effect = "Allow"
+        Action = ["batch:SubmitJob"]
+        Resource = [
+          var.smoke_job.job_queue_arn,
+          "${local.smoke_batch_arn_prefix}:job-definition/${var.smoke_job.job_definition_name}:*",
+        ]
+      },
+      {
+        # DescribeJobDefinitions and DescribeJobs have no resource-level permissions.
+        Sid      = "FollowSmokeJob"
+        Effect   = "Allow"
+        Action   = ["batch:DescribeJobDefinitions", "batch:DescribeJobs"]
+        Resource = ["*"]
+      },
+      {
+        Sid       = "PassSmokeJobRole"
+        Effect    = "Allow"
+        Action    = ["iam:PassRole"]
+        Resource  = [var.smoke_job.job_role_arn]
+        Condition = { StringEquals = { "iam:PassedToService" = "batch.amazonaws.com" } }
+      },
+    ]
+  })
+}
+
 resource "aws_codebuild_project" "this" {
   #checkov:skip=CKV_AWS_316:Privileged mode is what lets the build run the Docker daemon to build and push the image.
   #checkov:skip=CKV_AWS_147:Builds produce no artifacts (the image goes to ECR, encrypted there); the AWS-managed key covers the build cache and logs.
@@ -78,6 +139,13 @@ resource "aws_codebuild_project" "this" {
     type = "NO_ARTIFACTS"
   }
 
+  # The ECR tags are immutable, so there is no moving tag to pull as cache: the Docker layers (and
+  # the clone) stay on the build host for the next build that lands there soon after.
+  cache {
+    type  = "LOCAL"
+    modes = ["LOCAL_DOCKER_LAYER_CACHE", "LOCAL_SOURCE_CACHE"]
+  }
+
   environment {
     type            = "LINUX_CONTAINER"
     compute_type    = var.compute_type
@@ -87,6 +155,14 @@ resource "aws_codebuild_project" "this" {
     environment_variable {
       name  = "ECR_REPOSITORY_URL"
       value = var.repository_url
+    }
+
+    dynamic "environment_variable" {
+      for_each = local.smoke_environment
+      content {
+        name  = environment_variable.key
+        value = environment_variable.value
+      }
     }
   }
 

@@ -9,6 +9,11 @@ output "project_arn" {
 }
 
 output "role_arn" {
-  description = "ARN of the CodeBuild role, which may push to the ECR repository only."
+  description = "ARN of the CodeBuild role, which may push to the ECR repository and, with smoke_job, submit that job only."
   value       = aws_iam_role.this.arn
+}
+
+output "smoke_environment" {
+  description = "The SMOKE_* variables the project passes to buildspec.yml; empty without smoke_job."
+  value       = local.smoke_environment
 }

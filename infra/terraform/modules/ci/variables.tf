@@ -65,6 +65,30 @@ variable "log_retention_days" {
   default     = 365
 }
 
+variable "smoke_job" {
+  description = "The Batch job a build from main submits with the image it just pushed (see buildspec.yml); null submits none and grants no Batch or IAM permissions. job_queue_arn and job_definition_name (no revision) name the queue and the single-node job definition, of which the build registers a revision with the new image; job_role_arn is the role that definition runs as (the build passes it to Batch); model and train_data are the job's FT_MODEL and FT_TRAIN_DATA; output_prefix is an s3:// prefix the job role may write, under which each commit's job writes <commit>/output/ and <commit>/checkpoints/."
+  type = object({
+    job_queue_arn       = string
+    job_definition_name = string
+    job_role_arn        = string
+    model               = string
+    train_data          = string
+    output_prefix       = string
+  })
+  default = null
+
+  validation {
+    # Terraform 1.11 evaluates both sides of `||`: the conditional keeps null away from the checks.
+    condition = var.smoke_job == null ? true : (
+      can(regex("^arn:[^:]+:batch:[^:]+:[0-9]{12}:job-queue/.+", var.smoke_job.job_queue_arn)) &&
+      can(regex("^[A-Za-z0-9_-]{1,128}$", var.smoke_job.job_definition_name)) &&
+      can(regex("^arn:[^:]+:iam::[0-9]{12}:role/.+", var.smoke_job.job_role_arn)) &&
+      alltrue([for uri in [var.smoke_job.model, var.smoke_job.train_data, var.smoke_job.output_prefix] : startswith(uri, "s3://")])
+    )
+    error_message = "smoke_job needs a job queue ARN, a job definition name without revision, an IAM role ARN, and s3:// URIs for model, train_data and output_prefix."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource of the module."
   type        = map(string)

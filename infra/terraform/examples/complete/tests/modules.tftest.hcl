@@ -13,6 +13,9 @@ mock_provider "aws" {
   mock_resource "aws_batch_compute_environment" {
     defaults = { arn = "arn:aws:batch:us-east-1:123456789012:compute-environment/mock" }
   }
+  mock_resource "aws_batch_job_queue" {
+    defaults = { arn = "arn:aws:batch:us-east-1:123456789012:job-queue/mock" }
+  }
   mock_resource "aws_iam_role" {
     defaults = { arn = "arn:aws:iam::123456789012:role/mock" }
   }
@@ -258,6 +261,129 @@ run "batch_rejects_non_ft_settings" {
   expect_failures = [var.extra_environment, var.retry_attempts]
 }
 
+run "ci_caches_layers_locally_and_grants_no_batch_without_smoke_job" {
+  command = apply
+
+  module {
+    source = "../../modules/ci"
+  }
+
+  variables {
+    name            = "finetune"
+    source_location = "https://github.com/example/finetune.git"
+    repository_url  = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune"
+  }
+
+  assert {
+    condition = (
+      aws_codebuild_project.this.cache[0].type == "LOCAL" &&
+      contains(aws_codebuild_project.this.cache[0].modes, "LOCAL_DOCKER_LAYER_CACHE")
+    )
+    error_message = "The CodeBuild project must keep a local Docker layer cache: ECR tags are immutable, so there is no moving tag to pull as cache."
+  }
+
+  assert {
+    condition = (
+      length(aws_iam_role_policy.smoke) == 0 &&
+      [for v in aws_codebuild_project.this.environment[0].environment_variable : v.name] == ["ECR_REPOSITORY_URL"]
+    )
+    error_message = "Without smoke_job the build gets no Batch permissions and no SMOKE_* variables."
+  }
+}
+
+run "ci_smoke_job_permissions_are_scoped" {
+  command = apply
+
+  module {
+    source = "../../modules/ci"
+  }
+
+  variables {
+    name            = "finetune"
+    source_location = "https://github.com/example/finetune.git"
+    repository_url  = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune"
+    smoke_job = {
+      job_queue_arn       = "arn:aws:batch:us-east-1:123456789012:job-queue/finetune"
+      job_definition_name = "finetune"
+      job_role_arn        = "arn:aws:iam::123456789012:role/finetune-batch-job"
+      model               = "s3://finetune-test/models/minilm/"
+      train_data          = "s3://finetune-test/data/sst2/train.jsonl"
+      output_prefix       = "s3://finetune-test/outputs/smoke/"
+    }
+  }
+
+  assert {
+    condition = {
+      for s in jsondecode(aws_iam_role_policy.smoke[0].policy).Statement : s.Sid => s.Resource
+      } == {
+      RegisterSmokeJobDefinition = [
+        "arn:aws:batch:us-east-1:123456789012:job-definition/finetune",
+        "arn:aws:batch:us-east-1:123456789012:job-definition/finetune:*",
+      ]
+      SubmitSmokeJob = [
+        "arn:aws:batch:us-east-1:123456789012:job-queue/finetune",
+        "arn:aws:batch:us-east-1:123456789012:job-definition/finetune:*",
+      ]
+      FollowSmokeJob   = ["*"]
+      PassSmokeJobRole = ["arn:aws:iam::123456789012:role/finetune-batch-job"]
+    }
+    error_message = "Smoke job permissions must be scoped to the queue, the definition's revisions and the job role; only the Describe calls get \"*\"."
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.smoke[0].policy).Statement :
+      contains(s.Resource, "*") ? toset(s.Action) == toset(["batch:DescribeJobDefinitions", "batch:DescribeJobs"]) : true
+    ])
+    error_message = "Only actions without resource-level permissions may have Resource \"*\"."
+  }
+
+  assert {
+    condition = one([
+      for s in jsondecode(aws_iam_role_policy.smoke[0].policy).Statement : s.Condition if s.Sid == "PassSmokeJobRole"
+    ]) == { StringEquals = { "iam:PassedToService" = "batch.amazonaws.com" } }
+    error_message = "The build may pass the job role to Batch only."
+  }
+
+  assert {
+    condition = {
+      for v in aws_codebuild_project.this.environment[0].environment_variable : v.name => v.value
+      } == {
+      ECR_REPOSITORY_URL   = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune"
+      SMOKE_JOB_QUEUE      = "arn:aws:batch:us-east-1:123456789012:job-queue/finetune"
+      SMOKE_JOB_DEFINITION = "finetune"
+      SMOKE_MODEL          = "s3://finetune-test/models/minilm/"
+      SMOKE_TRAIN_DATA     = "s3://finetune-test/data/sst2/train.jsonl"
+      SMOKE_OUTPUT_PREFIX  = "s3://finetune-test/outputs/smoke"
+    }
+    error_message = "The project must pass the smoke job's queue, definition and data to buildspec.yml."
+  }
+}
+
+run "ci_rejects_a_smoke_job_definition_with_revision" {
+  command = plan
+
+  module {
+    source = "../../modules/ci"
+  }
+
+  variables {
+    name            = "finetune"
+    source_location = "https://github.com/example/finetune.git"
+    repository_url  = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune"
+    smoke_job = {
+      job_queue_arn       = "arn:aws:batch:us-east-1:123456789012:job-queue/finetune"
+      job_definition_name = "finetune:3"
+      job_role_arn        = "arn:aws:iam::123456789012:role/finetune-batch-job"
+      model               = "s3://finetune-test/models/minilm/"
+      train_data          = "s3://finetune-test/data/sst2/train.jsonl"
+      output_prefix       = "s3://finetune-test/outputs/smoke/"
+    }
+  }
+
+  expect_failures = [var.smoke_job]
+}
+
 run "complete_example" {
   command = apply
 
@@ -272,6 +398,15 @@ run "complete_example" {
       output.codebuild_project_name == module.ci.project_name
     )
     error_message = "The example must expose the CodeBuild project."
+  }
+
+  assert {
+    condition = (
+      module.ci.smoke_environment.SMOKE_JOB_QUEUE == module.batch.job_queue_arn &&
+      module.ci.smoke_environment.SMOKE_JOB_DEFINITION == module.batch.job_definition_name &&
+      startswith(module.ci.smoke_environment.SMOKE_OUTPUT_PREFIX, "${local.bucket_uri}/outputs/")
+    )
+    error_message = "The example's builds must run the smoke job on its single-node queue and definition, writing under outputs/."
   }
 
   assert {
