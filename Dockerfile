@@ -12,6 +12,8 @@
 # compute libraries on a base that does not set it. Which GPUs are visible is left to the runner.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 
+#checkov:skip=CKV_DOCKER_7:The base is the BASE_IMAGE argument, whose default above pins a version tag; checkov does not resolve arguments.
+#checkov:skip=CKV_DOCKER_2:A training job runs to completion and exits; ECS (under AWS Batch) and SageMaker do not act on an image's HEALTHCHECK.
 FROM ${BASE_IMAGE}
 
 # The torch build to install before the project. Defaults give the CUDA build from PyPI; CPU test
