@@ -54,9 +54,12 @@ WORKDIR /tmp/src
 
 # Dependencies before sources, so a code change does not reinstall transformers and friends:
 # install the project once with an empty package, then again, without dependencies, with the code.
+# EXTRAS: the optional dependency groups of pyproject.toml to include (tune = Optuna for
+# `finetune tune`; gpu = bitsandbytes for QLoRA and 8-bit optimizers).
+ARG EXTRAS=tune
 COPY pyproject.toml README.md ./
 RUN mkdir entrypoint && touch entrypoint/__init__.py \
-    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir ".[${EXTRAS}]" \
     && rm -rf entrypoint build ./*.egg-info
 
 COPY entrypoint ./entrypoint
