@@ -58,6 +58,8 @@ WORKDIR /tmp/src
 # `finetune tune`; gpu = bitsandbytes for QLoRA and 8-bit optimizers).
 ARG EXTRAS=tune
 COPY pyproject.toml README.md ./
+# The project's own extras, versions from pyproject.toml (hadolint reads ".[extras]" as a package).
+# hadolint ignore=DL3013
 RUN mkdir entrypoint && touch entrypoint/__init__.py \
     && pip install --no-cache-dir ".[${EXTRAS}]" \
     && rm -rf entrypoint build ./*.egg-info
