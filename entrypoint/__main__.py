@@ -20,55 +20,74 @@ log = logging.getLogger("finetune")
 
 def train(environ: Mapping[str, str], started: float) -> dict:
     """The job: settings → platform → checkpoint → data → model → Trainer → outputs."""
-    from . import adapters, data, interruption, modeling, outputs, settings as config, tasks, training, workspace
+    from . import adapters, data, distributed, interruption, modeling, outputs, settings as config, tasks, training, workspace
 
     quiet_libraries()
     runtime = platform.detect(environ, platform.read_platform_files(environ))
     settings = config.load_settings(environ, runtime)
     logging.getLogger().setLevel(settings.log_level)
     log.info("platform: %s; task: %s", runtime.describe(), settings.task)
+    plan = distributed.launch_plan(runtime, settings.num_processes, distributed.visible_gpus(), environ)
+    if plan is not None:  # several processes: this one launches them (each runs this function) and waits
+        distributed.launch(plan)
+        return {}
     task = tasks.get(settings.task)
     stop = interruption.StopRequest()
     interruption.install_signal_handlers(stop)
     poller = interruption.start_spot_poller(stop, environ, runtime, settings.spot_notice_poll_seconds)
-    work = workspace.prepare(settings.work_dir)
+    with distributed.one_at_a_time(settings.work_dir):  # this machine's processes share FT_WORK_DIR
+        work = workspace.prepare(settings.work_dir)
     args = training.training_arguments(settings, work.checkpoints, workspace.has_cuda(), task.seq2seq_arguments, task.metric_for_best_model)
+    distributed.require_data_parallel(args)
     store = storage.open_store(config.checkpoint_uri(settings), settings.transfer_concurrency)
-    generation = checkpoints.claim_generation(store, runtime.describe())
-    resumed_step, resumed_dir = checkpoints.restore(store, work.checkpoints, settings.transfer_concurrency) or (None, None)
-    interruption.check_stop(stop, "after restoring the checkpoint")
-    prepared = task.prepare(data.load_splits(settings, work.root, task.columns(settings)), settings)
-    model_dir = modeling.fetch_model(settings.model, work.root, settings.transfer_concurrency)
+    generation = distributed.on_main(checkpoints.claim_generation, store, runtime.describe())
+    resumed_step, resumed_dir = distributed.on_local_main(checkpoints.restore, store, work.checkpoints, settings.transfer_concurrency) or (None, None)
+    interruption.check_stop(stop, "after restoring the checkpoint", distributed.all_max)
+    prepared = distributed.in_turn(lambda: task.prepare(data.load_splits(settings, work.root, task.columns(settings)), settings))
+    model_dir = distributed.on_local_main(modeling.fetch_model, settings.model, work.root, settings.transfer_concurrency)
     tokenizer = modeling.load_tokenizer(model_dir, settings.model)
     model = task.load_model(model_dir, settings.model, prepared.info, settings, args.seed)
     model = adapters.apply(model, settings)
     train_ds = task.tokenize(prepared.train, tokenizer, settings, prepared.info)
     eval_ds = task.tokenize(prepared.eval, tokenizer, settings, prepared.info) if prepared.eval is not None else None
-    interruption.check_stop(stop, "before training")
-    sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last, settings.transfer_concurrency)
-    stopper, clock = interruption.StopOnRequest(stop), training.RunClock(started)
+    interruption.check_stop(stop, "before training", distributed.all_max)
+    sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last, settings.transfer_concurrency) if distributed.is_main() else None
+    stopper, clock = interruption.StopOnRequest(stop, distributed.all_max), training.RunClock(started)
     tensorboard = training.SyncTensorBoard(work.root / "tensorboard", config.tensorboard_uri(settings, runtime))
-    callbacks = [training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock, tensorboard, *training.extra_callbacks(settings)]
+    callbacks = [distributed.AllSaved(), training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock, tensorboard, *training.extra_callbacks(settings)]
     trainer = training.build_trainer(task, settings, prepared.info, args, model, tokenizer, train_ds, eval_ds, callbacks)
     tensorboard.attach(trainer)
     trainer.train(resume_from_checkpoint=str(resumed_dir) if resumed_dir else None)
-    sync.wait()
     if poller:
         poller.close()
-    figures = interruption.accounting(stop, stopper, sync.stats, clock.first_step_s, resumed_step, generation)
+    figures = distributed.on_main(end_attempt, sync, store, stop, stopper, clock.first_step_s, resumed_step, generation)
+    if stopper.stopped_at_step is not None:
+        interruption.raise_interrupted(stop, figures)
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    saved = outputs.save_model(trainer, distributed.per_process(work.output), settings.merge_adapter)  # collective when sharded
+    if not distributed.is_main():
+        return metrics
+    totals = interruption.run_totals(checkpoints.attempt_history(store), generation, figures)
+    metrics.update(global_step=trainer.state.global_step, resumed_from_step=resumed_step, **figures, **{f"run_{k}": v for k, v in totals.items()})
+    print(reporting.format_metrics(metrics), flush=True)
+    where = outputs.publish(saved, metrics, settings.output_uri, settings.transfer_concurrency)
+    log.info("done: step %d, model and metrics.json at %s", trainer.state.global_step, where)
+    return metrics
+
+
+def end_attempt(sync, store, stop, stopper, first_step_s, resumed_step, generation) -> dict:
+    """The main process's end of training: its checkpoint uploads finished, the preemption
+    figures printed, and an interrupted attempt's ending recorded; returns the figures."""
+    from . import interruption
+
+    sync.wait()
+    figures = interruption.accounting(stop, stopper, sync.stats, first_step_s, resumed_step, generation)
     print(reporting.format_metrics(figures), flush=True)
     if sync.superseded:
         raise errors.WorldError(f"a newer attempt of this job took over {store.uri}; this attempt stopped")
     if stopper.stopped_at_step is not None:
         checkpoints.record_attempt_end(store, generation, "interrupted", figures)
-        interruption.raise_interrupted(stop, figures)
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    totals = interruption.run_totals(checkpoints.attempt_history(store), generation, figures)
-    metrics.update(global_step=trainer.state.global_step, resumed_from_step=resumed_step, **figures, **{f"run_{k}": v for k, v in totals.items()})
-    print(reporting.format_metrics(metrics), flush=True)
-    where = outputs.publish(outputs.save_model(trainer, work.output, settings.merge_adapter), metrics, settings.output_uri, settings.transfer_concurrency)
-    log.info("done: step %d, model and metrics.json at %s", trainer.state.global_step, where)
-    return metrics
+    return figures
 
 
 def quiet_libraries() -> None:
@@ -85,7 +104,7 @@ def write_failure_file(environ: Mapping[str, str], message: str) -> None:
     try:
         files = platform.read_platform_files(environ)
         rt = platform.detect(environ, files)
-        if rt.sagemaker is not None:
+        if rt.sagemaker is not None and not rt.sagemaker.failure_file.exists():  # the first failure is the cause
             rt.sagemaker.failure_file.parent.mkdir(parents=True, exist_ok=True)
             rt.sagemaker.failure_file.write_text(message[:1024])
     except Exception:  # noqa: BLE001 - best effort: the exit code already tells the failure
@@ -108,7 +127,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     argv = sys.argv[1:] if argv is None else argv
     environ = dict(os.environ) if environ is None else environ
     started = time.monotonic()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    label = platform.process_label(environ)  # [rank1] when torchrun started this process among several
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=label + "%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["submit"]:
         command, rest = "submit", argv[1:]
     else:

@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Callable
 
 from transformers import TrainerCallback
 
@@ -112,19 +113,33 @@ class SpotNoticePoller(threading.Thread):
                 return
 
 
-class StopOnRequest(TrainerCallback):
-    """At the first optimizer-step boundary after a stop request: save a checkpoint and stop."""
+def alone(flags: list[bool]) -> list[bool]:
+    """The agreement of a job with one process: its own flags."""
+    return flags
 
-    def __init__(self, stop: StopRequest):
+
+class StopOnRequest(TrainerCallback):
+    """At the first optimizer-step boundary after a stop request: save a checkpoint and stop.
+
+    With several processes, `agree` (an all-reduce MAX, distributed.all_max) runs at every step
+    boundary, so a request seen by any process, and a stop decided by the main process alone
+    (a superseded attempt; earlier callbacks), stops them all at the same step, and they save
+    that checkpoint together. Callbacks that set should_training_stop go before this one."""
+
+    def __init__(self, stop: StopRequest, agree: Callable[[list[bool]], list[bool]] = alone):
         self.stop = stop
+        self.agree = agree
         self.stopped_at_step: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.is_set() and self.stopped_at_step is None:
+        requested, stopping = self.agree([self.stop.is_set(), bool(control.should_training_stop)])
+        if requested and self.stopped_at_step is None:
             self.stopped_at_step = state.global_step
-            log.warning("stop requested (%s): saving a checkpoint at step %d, then stopping", self.stop.reason, state.global_step)
+            reason = self.stop.reason or "another process's stop request"
+            log.warning("stop requested (%s): saving a checkpoint at step %d, then stopping", reason, state.global_step)
             control.should_save = True
-            control.should_training_stop = True
+            stopping = True
+        control.should_training_stop = stopping
         return control
 
 
@@ -144,13 +159,15 @@ def start_spot_poller(stop: StopRequest, environ, runtime, interval_s: float) ->
     return poller
 
 
-def check_stop(stop: StopRequest, where: str) -> None:
-    """Between stages: a stop requested before training started needs no checkpoint."""
-    if stop.is_set():
+def check_stop(stop: StopRequest, where: str, agree: Callable[[list[bool]], list[bool]] = alone) -> None:
+    """Between stages: a stop requested before training started needs no checkpoint. With
+    several processes (`agree`, as for StopOnRequest) they all stop here, or none does."""
+    if agree([stop.is_set()])[0]:
         from .errors import ExitCode, Interrupted
 
-        log.warning("stop requested (%s) %s: nothing to save", stop.reason, where)
-        raise Interrupted(stop.reason, ExitCode.INTERRUPTED_SIGINT if stop.signal == signal.SIGINT else ExitCode.INTERRUPTED)
+        reason = stop.reason or "another process's stop request"
+        log.warning("stop requested (%s) %s: nothing to save", reason, where)
+        raise Interrupted(reason, ExitCode.INTERRUPTED_SIGINT if stop.signal == signal.SIGINT else ExitCode.INTERRUPTED)
 
 
 def accounting(stop: StopRequest, stopper: StopOnRequest, stats, first_step_s: float | None, resumed_step: int | None, generation: int) -> dict:
@@ -163,7 +180,7 @@ def accounting(stop: StopRequest, stopper: StopOnRequest, stats, first_step_s: f
         notice_to_durable = round(stats.durable_at - stop.requested_at, 3)
     return {
         "attempt": generation,
-        "interruptions": 1 if stop.is_set() else 0,
+        "interruptions": 1 if stop.is_set() or stopped is not None else 0,  # or another process's request
         "steps_lost": max(0, stopped - baseline) if stopped is not None else 0,
         "notice_to_durable_s": notice_to_durable,
         "start_to_first_step_s": round(first_step_s, 3) if first_step_s is not None else None,

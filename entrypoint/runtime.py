@@ -55,12 +55,19 @@ class Runtime:
     hyperparameters: Mapping[str, object] = dataclasses.field(default_factory=dict)
     hosts: tuple[str, ...] = ()
     current_host: str | None = None
+    # AWS Batch multi-node parallel jobs (None otherwise); the main node has no main_node_address.
+    num_nodes: int | None = None
+    node_index: int | None = None
+    main_node_index: int | None = None
+    main_node_address: str | None = None
 
     def describe(self) -> str:
         if self.platform == "sagemaker":
-            return f"SageMaker training job {self.job_id or '?'} (channels: {', '.join(self.sagemaker.channels) or 'none'})"
+            hosts = f", host {self.current_host} of {len(self.hosts)}" if len(self.hosts) > 1 else ""
+            return f"SageMaker training job {self.job_id or '?'} (channels: {', '.join(self.sagemaker.channels) or 'none'}{hosts})"
         if self.platform == "batch":
-            return f"AWS Batch job {self.job_id} attempt {self.attempt}"
+            node = f", node {self.node_index} of {self.num_nodes}" if self.num_nodes else ""
+            return f"AWS Batch job {self.job_id} attempt {self.attempt}{node}"
         return "local"
 
     def platform_defaults(self) -> dict[str, str]:
@@ -117,10 +124,26 @@ def detect(environ: Mapping[str, str], files: Mapping[str, str]) -> Runtime:
             job_id=environ.get("TRAINING_JOB_NAME"),
             sagemaker=SageMakerPaths(base=base, channels=channels),
             hyperparameters=hyper,
-            hosts=tuple(resources.get("hosts", ())),
-            current_host=resources.get("current_host"),
+            # The toolkit's SM_HOSTS / SM_CURRENT_HOST stand in when resourceconfig.json is absent.
+            hosts=tuple(resources.get("hosts") or json.loads(environ.get("SM_HOSTS") or "[]")),
+            current_host=resources.get("current_host") or environ.get("SM_CURRENT_HOST"),
         )
     if environ.get("AWS_BATCH_JOB_ID"):
         attempt = environ.get("AWS_BATCH_JOB_ATTEMPT", "1")
-        return Runtime(platform="batch", job_id=environ["AWS_BATCH_JOB_ID"], attempt=int(attempt) if attempt.isdigit() else None)
+        # https://docs.aws.amazon.com/batch/latest/userguide/job_env_vars.html (multi-node parallel jobs)
+        nodes = {name: _int(environ.get(f"AWS_BATCH_JOB_{name.upper()}")) for name in ("num_nodes", "node_index", "main_node_index")}
+        return Runtime(platform="batch", job_id=environ["AWS_BATCH_JOB_ID"], attempt=int(attempt) if attempt.isdigit() else None,
+                       main_node_address=environ.get("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"), **nodes)
     return Runtime(platform="local")
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def process_label(environ: Mapping[str, str]) -> str:
+    """`[rank1] ` for a process of a job with several (torchrun's RANK and WORLD_SIZE), so their
+    log lines can be told apart; empty otherwise."""
+    if "RANK" in environ and _int(environ.get("WORLD_SIZE")) not in (None, 0, 1):
+        return f"[rank{environ['RANK']}] "
+    return ""
