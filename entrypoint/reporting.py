@@ -44,6 +44,8 @@ STANDARD_METRICS = [
     "eval_accuracy",
     "eval_f1_macro",
     "eval_perplexity",
+    "eval_bleu",
+    "eval_gen_len",
     "train_runtime",
     "train_samples_per_second",
     "interruptions",
