@@ -77,3 +77,14 @@ def test_sigterm_to_the_launcher_stops_both_at_one_step_and_resume_matches(aws_e
     assert straight.keys() == resumed.keys()
     different = [name for name in straight if not (straight[name] == resumed[name]).all()]
     assert not different, different
+
+
+def test_a_user_error_in_one_process_ends_all_with_its_exit_code(aws_env, bucket, job_inputs, tmp_path):
+    # The model is fetched by the machine's first process only; the other learns of the failure
+    # instead of waiting for a download that never comes.
+    env = jobs.child_env(aws_env, **two_process_settings(job_inputs, bucket, "nomodel", tmp_path, model=f"s3://{bucket}/nothing/"))
+    rc, out = jobs.run(env, tmp_path, timeout_s=120)
+    assert rc == 64, out[-4000:]
+    assert "[rank0]" in out and "Nothing found at s3://" in out
+    assert "[rank1]" in out and "another process failed" in out
+    assert "Traceback" not in out
