@@ -117,7 +117,9 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
     """The rendered chat and the character spans of its assistant turns (content and end-of-turn
     marker). Each span lies between the render of the chat before the turn (with the generation
     prompt) and the render including it; this needs the template to render prefixes as prefixes."""
-    render = lambda msgs, prompt=False: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)  # noqa: E731
+    def render(msgs, prompt=False):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)
+
     text = render(messages)
     spans = []
     for i, message in enumerate(messages):
