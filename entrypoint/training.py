@@ -166,17 +166,20 @@ class MetricLines(TrainerCallback):
 def build_trainer(task, settings, info: dict, args, model, tokenizer, train_ds, eval_ds, callbacks) -> Trainer:
     """The task's Trainer class with its collator and metrics, and our callbacks."""
     trainer_cls, extra = task.trainer(settings, info)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=task.collator(tokenizer, model, settings),
-        compute_metrics=task.metrics(tokenizer, settings, info) if eval_ds is not None else None,
-        callbacks=callbacks,
-        **extra,
-    )
+    try:
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            data_collator=task.collator(tokenizer, model, settings),
+            compute_metrics=task.metrics(tokenizer, settings, info) if eval_ds is not None else None,
+            callbacks=callbacks,
+            **extra,
+        )
+    except ValueError as exc:  # the Trainer's own checks of model and arguments (e.g. a quantized base without adapters)
+        raise UserError(f"The Trainer cannot train FT_MODEL with these settings: {exc}") from exc
     trainer.remove_callback(PrinterCallback)  # MetricLines prints the same entries, parseably
     return trainer
 

@@ -63,7 +63,12 @@ class Job:
         self.proc.send_signal(signum)
 
     def finish(self, timeout_s: float = 300) -> int:
-        rc = self.proc.wait(timeout_s)
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a job running behind a failed test
+            self.proc.wait(30)
+            raise
         for t in self._threads:
             t.join(5)
         return rc
