@@ -53,6 +53,7 @@ def job_env(args, url: str, tmp: Path, run: str, checkpoint_uri: str, max_steps:
         "FT_MAX_LENGTH": "64",
         "FT_LEARNING_RATE": "5e-5",
         "FT_SEED": "42",
+        "FT_TRANSFER_CONCURRENCY": str(args.concurrency),
     })
     return env
 
@@ -241,7 +242,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phases", default="overhead,throughput,notice", help="comma-separated subset to run")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every training run (default 1)")
     p.add_argument("--aws-cli-venv", type=Path, default=REPO / ".venv-bench", help="venv holding the AWS CLI")
-    p.add_argument("--concurrency", type=int, default=8, help="FT_TRANSFER_CONCURRENCY's default, for phase 2")
+    p.add_argument("--concurrency", type=int, default=8, help="FT_TRANSFER_CONCURRENCY of every job and of phase 2's transfers")
     p.add_argument("--ref", help="benchmark this git commit's entrypoint/ (default: the working tree as it is at start)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (with each job's log under logs/)")
     args = p.parse_args(argv)
