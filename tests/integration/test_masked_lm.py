@@ -3,7 +3,6 @@ moto S3 server; perplexity is reported; a SIGTERM-interrupted, resumed run ends 
 weights as an uninterrupted one (the masks are random: this checks they are drawn alike)."""
 import json
 import math
-import signal
 
 import pytest
 
@@ -26,17 +25,8 @@ def test_masked_lm_reports_perplexity_and_resumes_bitwise_identically(aws_env, b
     assert f"eval_perplexity={metrics['eval_perplexity']:.6g}" in out  # the [metrics] line SageMaker reads
 
     env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "interrupted", tmp_path, **MLM))
-    job = jobs.Job(env, tmp_path)
-    job.wait_for("[metrics] step=30 ")
-    job.signal(signal.SIGTERM)
-    assert job.finish() == 143, job.output()[-3000:]
-    line = job.wait_for("saving a checkpoint at step")
-    stopped = int(line.rsplit("step ", 1)[1].split(",")[0])
+    stopped, out = jobs.stop_and_resume(env, tmp_path)
     assert 30 <= stopped < 80
-
-    rc, out = jobs.run(env, tmp_path)
-    assert rc == 0, out[-3000:]
-    assert f"(step {stopped})" in out
     resumed = json.loads(jobs.s3_bytes(bucket, "runs/interrupted/metrics.json"))
     assert resumed["resumed_from_step"] == stopped and resumed["global_step"] == 80
     # Same weights; and the same evaluation, whose masks are drawn from the restored RNG too.

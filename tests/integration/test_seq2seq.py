@@ -3,7 +3,6 @@ EncoderDecoderModel and learns a toy task (a review → "this is a good/bad film
 server; BLEU of generated text is reported; an interrupted, resumed run ends with the same weights
 as an uninterrupted one; the output loads with AutoModelForSeq2SeqLM."""
 import json
-import signal
 
 import boto3
 import pytest
@@ -40,16 +39,8 @@ def test_seq2seq_reports_bleu_resumes_bitwise_identically_and_reloads(aws_env, b
     assert f"eval_bleu={metrics['eval_bleu']:.6g}" in out
 
     env = jobs.child_env(aws_env, **settings(pairs, bucket, "interrupted", tmp_path))
-    job = jobs.Job(env, tmp_path)
-    job.wait_for("[metrics] step=30 ")
-    job.signal(signal.SIGTERM)
-    assert job.finish() == 143, job.output()[-3000:]
-    line = job.wait_for("saving a checkpoint at step")
-    stopped = int(line.rsplit("step ", 1)[1].split(",")[0])
+    stopped, out = jobs.stop_and_resume(env, tmp_path)
     assert 30 <= stopped < 80
-    rc, out = jobs.run(env, tmp_path)
-    assert rc == 0, out[-3000:]
-    assert f"(step {stopped})" in out
     resumed = json.loads(jobs.s3_bytes(bucket, "runs/interrupted/metrics.json"))
     assert resumed["resumed_from_step"] == stopped and resumed["global_step"] == 80
     assert_same_weights(final_weights(bucket, "straight"), final_weights(bucket, "interrupted"))

@@ -107,3 +107,18 @@ def load_safetensors(data: bytes) -> dict:
     from safetensors.torch import load
 
     return load(data)
+
+
+def stop_and_resume(env: dict, cwd: Path, after: str = "[metrics] step=30 ") -> tuple[int, str]:
+    """Run the job, SIGTERM it once `after` is printed (it must exit 143 with a checkpoint), then
+    run it again to the end (it must exit 0); returns (the step it stopped at, the rerun's output)."""
+    job = Job(env, cwd)
+    job.wait_for(after)
+    job.signal(signal.SIGTERM)
+    assert job.finish() == 143, job.output()[-3000:]
+    line = job.wait_for("saving a checkpoint at step")
+    stopped = int(line.rsplit("step ", 1)[1].split(",")[0])
+    rc, out = run(env, cwd)
+    assert rc == 0, out[-3000:]
+    assert f"(step {stopped})" in out, "the rerun did not resume from the stop checkpoint"
+    return stopped, out
