@@ -61,11 +61,13 @@ def test_spot_notice_checkpoints_and_exits_143_with_zero_steps_lost(aws_env, buc
     assert_same_weights(expected, final_weights(bucket, "notice"))
 
 
-def kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills: int, seed: int):
-    """Start the job, SIGKILL it after a random delay, again and again; then let it finish."""
-    expected = baseline(aws_env, bucket, job_inputs, tmp_path, save_steps="5")
+def kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills: int, seed: int, epochs: str = "3"):
+    """Start the job, SIGKILL it after a random delay, again and again; then let it finish.
+    `epochs` must leave enough work for every kill to land before the job ends."""
+    expected = baseline(aws_env, bucket, job_inputs, tmp_path, save_steps="5", num_train_epochs=epochs)
     rng = random.Random(seed)
-    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "killed", tmp_path, save_steps="5", checkpoint_keep_last="1"))
+    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "killed", tmp_path, save_steps="5", checkpoint_keep_last="1",
+                                             num_train_epochs=epochs))
     done, restored, lives = 0, [], 0
     while True:
         lives += 1
@@ -87,7 +89,7 @@ def kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills: int, seed: int):
         out = job.output()
         assert "Traceback" not in out, out[-3000:]
         restored += [line for line in out.splitlines() if "restored checkpoint" in line]
-    assert done == kills and lives == kills + 1
+    assert done == kills and lives == kills + 1, f"the job finished after {done} of {kills} kills: give it more epochs"
     assert restored, "no restart ever resumed from a checkpoint"
     assert_same_weights(expected, final_weights(bucket, "killed"))
     all_complete_checkpoints_verify(bucket, "runs/killed/checkpoints/", tmp_path)
@@ -99,7 +101,7 @@ def test_kill_9_campaign_short(aws_env, bucket, job_inputs, tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_campaign_long(aws_env, bucket, job_inputs, tmp_path):
-    kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=25, seed=20261129)
+    kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=25, seed=20261129, epochs="40")
 
 
 def test_flaky_s3_retries_and_the_job_finishes_identically(aws_env, bucket, job_inputs, tmp_path):
