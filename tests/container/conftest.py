@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import tiny
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = os.environ.get("FINETUNE_TEST_BASE_IMAGE", "localhost/finetune-base:bookworm")
 TEST_IMAGE = "localhost/finetune:test"
@@ -103,28 +105,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     Built once per session: the WordPiece trainer is not deterministic between builds.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-    import torch
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(POSITIVE + NEGATIVE, trainers.WordPieceTrainer(vocab_size=200, special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
-    config = BertConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return tiny.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), POSITIVE + NEGATIVE)
 
 
 @pytest.fixture
