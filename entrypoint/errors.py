@@ -57,18 +57,17 @@ RETRY_RULES: tuple[RetryRule, ...] = (
 )
 
 
-def retry_rules_json() -> list[dict[str, str]]:
-    """RETRY_RULES in Terraform's `evaluate_on_exit` shape (snake_case keys); the Batch API
-    wants camelCase (`onExitCode`...), which the launcher converts."""
+def retry_rules_json(api: bool = False) -> list[dict[str, str]]:
+    """RETRY_RULES in Terraform's `evaluate_on_exit` shape (snake_case keys), or with `api` in the
+    Batch API's `evaluateOnExit` shape (camelCase keys)."""
+    fields = (("on_status_reason", "onStatusReason"), ("on_exit_code", "onExitCode"), ("on_reason", "onReason"))
     out = []
     for rule in RETRY_RULES:
         item = {"action": rule.action}
-        if rule.on_exit_code is not None:
-            item["on_exit_code"] = rule.on_exit_code
-        if rule.on_status_reason is not None:
-            item["on_status_reason"] = rule.on_status_reason
-        if rule.on_reason is not None:
-            item["on_reason"] = rule.on_reason
+        for snake, camel in fields:
+            value = getattr(rule, snake)
+            if value is not None:
+                item[camel if api else snake] = value
         out.append(item)
     return out
 

@@ -11,7 +11,7 @@ import copy
 import re
 from collections.abc import Callable, Mapping
 
-from entrypoint.errors import RETRY_RULES, ExitCode, FinetuneError, UserError, WorldError
+from entrypoint.errors import ExitCode, FinetuneError, UserError, WorldError, retry_rules_json
 
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
@@ -28,17 +28,7 @@ READ_ONLY_DEFINITION_FIELDS = frozenset({"jobDefinitionArn", "revision", "status
 
 def evaluate_on_exit() -> list[dict[str, str]]:
     """errors.RETRY_RULES in the Batch API's camelCase `evaluateOnExit` shape."""
-    out = []
-    for rule in RETRY_RULES:
-        item = {"action": rule.action}
-        if rule.on_status_reason is not None:
-            item["onStatusReason"] = rule.on_status_reason
-        if rule.on_exit_code is not None:
-            item["onExitCode"] = rule.on_exit_code
-        if rule.on_reason is not None:
-            item["onReason"] = rule.on_reason
-        out.append(item)
-    return out
+    return retry_rules_json(api=True)
 
 
 def build_submit_job_request(
