@@ -31,6 +31,7 @@ def train(environ: Mapping[str, str], started: float) -> dict:
     if plan is not None:  # several processes: this one launches them (each runs this function) and waits
         distributed.launch(plan)
         return {}
+    distributed.close_at_exit()  # this process may join a process group (the Trainer's)
     task = tasks.get(settings.task)
     stop = interruption.StopRequest()
     interruption.install_signal_handlers(stop)

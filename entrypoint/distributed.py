@@ -10,6 +10,7 @@ downloads, and a stop request seen by any process stops them all at the same ste
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import fcntl
@@ -173,6 +174,22 @@ def _dist():
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def close_at_exit() -> None:
+    """Destroy the process group (once there is one) while the interpreter is still whole: left
+    to interpreter shutdown, gloo's worker threads can abort a process that finished its work
+    ("terminate called without an active exception", exit 134), and the job would fail."""
+    atexit.register(_close)
+
+
+def _close() -> None:
+    dist = _dist()
+    if dist is not None:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - the job's outcome is decided; its exit code stands
+            log.debug("could not destroy the process group", exc_info=True)
 
 
 def _ranks() -> tuple[int, int]:

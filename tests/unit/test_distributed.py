@@ -223,3 +223,22 @@ def test_forward_stop_signals_every_process_once_including_late_ones(monkeypatch
     finished.set()
     thread.join(5)
     assert sent == [(101, signal.SIGINT), (102, signal.SIGINT), (103, signal.SIGINT)]
+
+
+def test_the_process_group_is_destroyed_before_the_interpreter_shuts_down(tmp_path):
+    """A gloo group left to interpreter shutdown can abort a finished process (exit 134)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, torch.distributed as dist
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))  # runs after close
+from entrypoint import distributed
+distributed.close_at_exit()
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+dist.barrier()
+print("initialized:", dist.is_initialized())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "initialized: True" in done.stdout and "initialized at exit: False" in done.stdout, done.stdout
