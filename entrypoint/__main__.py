@@ -52,7 +52,8 @@ def train(environ: Mapping[str, str], started: float) -> dict:
     train_ds = task.tokenize(prepared.train, tokenizer, settings, prepared.info)
     eval_ds = task.tokenize(prepared.eval, tokenizer, settings, prepared.info) if prepared.eval is not None else None
     interruption.check_stop(stop, "before training", distributed.all_max)
-    sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last, settings.transfer_concurrency) if distributed.is_main() else None
+    sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last,
+                                     settings.transfer_concurrency, separate_process=True) if distributed.is_main() else None
     stopper, clock = interruption.StopOnRequest(stop, distributed.all_max), training.RunClock(started)
     tensorboard = training.SyncTensorBoard(work.root / "tensorboard", config.tensorboard_uri(settings, runtime))
     callbacks = [distributed.AllSaved(), training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock, tensorboard, *training.extra_callbacks(settings)]
@@ -82,6 +83,7 @@ def end_attempt(sync, store, stop, stopper, first_step_s, resumed_step, generati
     from . import interruption
 
     sync.wait()
+    sync.close()
     figures = interruption.accounting(stop, stopper, sync.stats, first_step_s, resumed_step, generation)
     print(reporting.format_metrics(figures), flush=True)
     if sync.superseded:
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     argv = sys.argv[1:] if argv is None else argv
     environ = dict(os.environ) if environ is None else environ
     started = time.monotonic()
-    label = platform.process_label(environ)  # [rank1] when torchrun started this process among several
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=label + "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # [rank1] starts each line when torchrun started this process among several
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=platform.log_format(environ))
     if argv[:1] == ["submit"]:
         command, rest = "submit", argv[1:]
     else:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import storage
-from .errors import WorldError
+from .errors import FinetuneError, WorldError
 
 log = logging.getLogger(__name__)
 
@@ -231,14 +231,52 @@ class SyncStats:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else None
 
 
-class CheckpointSync:
-    """Uploads checkpoints in a background thread; training never waits for it until `wait()`.
+@dataclasses.dataclass(frozen=True)
+class Uploaded:
+    """What one upload did (it may have run in the upload process, see upload_worker)."""
 
-    When several checkpoints queue up, only the newest is uploaded. A failed upload is logged and
-    the next checkpoint is tried; retention runs only after a newer checkpoint is complete.
+    step: int
+    bytes: int = 0
+    seconds: float = 0.0
+    durable_at: float | None = None  # time.monotonic(): one clock for every process of a machine
+    removed: tuple[str, ...] = ()
+    superseded: bool = False
+
+
+def upload_checkpoint(store: storage.Store, folder: Path, step: int, generation: int, keep_last: int,
+                      best_step: int | None, concurrency: int, cache: dict[str, dict | None]) -> Uploaded:
+    """Upload one checkpoint, commit it with its manifest unless a newer attempt took over the
+    store, then apply retention (a failed retention is retried after the next checkpoint)."""
+    started = time.monotonic()
+    name = store_name(step, generation)
+    manifest = upload_hashed(store, folder, name, step, generation, concurrency)
+    if newest_generation(store) > generation:
+        return Uploaded(step, superseded=True)
+    store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), if_absent=True)
+    durable_at = time.monotonic()
+    size = sum(meta["size"] for meta in manifest["files"].values())
+    removed: tuple[str, ...] = ()
+    try:
+        doomed = to_delete(scan(store, cache), keep_last, best_step)
+        delete_checkpoints(store, doomed)
+        removed = tuple(c.name for c in doomed)
+    except Exception:  # noqa: BLE001 - the checkpoint is durable; old ones go next time
+        log.warning("retention after checkpoint %d failed; it is retried after the next one", step, exc_info=True)
+    return Uploaded(step, size, durable_at - started, durable_at, removed)
+
+
+class CheckpointSync:
+    """Uploads checkpoints in the background; training never waits for it until `wait()`.
+
+    A thread takes the queue; with `separate_process` the upload itself runs in an upload process
+    (upload_worker), so that its hashing and HTTP work never competes with training for the GIL,
+    and falls back to this thread if that process dies. When several checkpoints queue up, only
+    the newest is uploaded. A failed upload is logged and the next checkpoint is tried; retention
+    runs only after a newer checkpoint is complete.
     """
 
-    def __init__(self, store: storage.Store, staging: Path, generation: int, keep_last: int, concurrency: int = 8):
+    def __init__(self, store: storage.Store, staging: Path, generation: int, keep_last: int, concurrency: int = 8,
+                 separate_process: bool = False):
         self.store = store
         self.staging = staging
         self.generation = generation
@@ -250,6 +288,11 @@ class CheckpointSync:
         self._pending = 0
         self._lock = threading.Condition()
         self._manifests: dict[str, dict | None] = {}
+        self._worker = None
+        if separate_process:
+            from . import upload_worker
+
+            self._worker = upload_worker.start()  # from this (the main) thread: it dies with the process
         self._thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
         self._thread.start()
 
@@ -272,6 +315,11 @@ class CheckpointSync:
                 self._lock.wait(left)
         return True
 
+    def close(self) -> None:
+        """Stop the upload process (after `wait()`)."""
+        if self._worker is not None:
+            self._worker.close()
+
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
@@ -286,9 +334,10 @@ class CheckpointSync:
                 shutil.rmtree(dest, ignore_errors=True)
             try:
                 self._upload(*newest)
-            except Exception:  # noqa: BLE001 - background work: log, keep training, try the next one
+            except Exception as exc:  # noqa: BLE001 - background work: log, keep training, try the next one
                 self.stats.failures += 1
-                log.exception("upload of checkpoint %d failed; training goes on and the next checkpoint will be tried", newest[0])
+                log.error("upload of checkpoint %d failed (%s); training goes on and the next checkpoint will be tried",
+                          newest[0], exc, exc_info=not isinstance(exc, FinetuneError))
             finally:
                 shutil.rmtree(newest[1], ignore_errors=True)
                 with self._lock:
@@ -298,25 +347,23 @@ class CheckpointSync:
     def _upload(self, step: int, folder: Path, best_step: int | None) -> None:
         if self.superseded:
             return
-        started = time.monotonic()
-        name = store_name(step, self.generation)
-        manifest = upload_hashed(self.store, folder, name, step, self.generation, self.concurrency)
-        if newest_generation(self.store) > self.generation:
+        request = (self.store.uri, self.concurrency, folder, step, self.generation, self.keep_last, best_step)
+        done = self._worker.upload(*request) if self._worker is not None else None
+        if done is None:  # no upload process, or it died: upload from here
+            done = upload_checkpoint(self.store, folder, step, self.generation, self.keep_last, best_step,
+                                     self.concurrency, self._manifests)
+        if done.superseded:
             self.superseded = True
             raise WorldError(f"a newer attempt of this job writes to {self.store.uri}; this attempt stops writing")
-        self.store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), if_absent=True)
-        elapsed = time.monotonic() - started
-        size = sum(meta["size"] for meta in manifest["files"].values())
         self.stats.uploads += 1
-        self.stats.bytes += size
-        self.stats.seconds += elapsed
+        self.stats.bytes += done.bytes
+        self.stats.seconds += done.seconds
         self.stats.durable_step = step
-        self.stats.durable_at = time.monotonic()
-        log.info("checkpoint %d durable at %s%s (%.1f MB in %.1f s)", step, self.store.uri, name, size / 1e6, elapsed)
-        doomed = to_delete(scan(self.store, self._manifests), self.keep_last, best_step)
-        if doomed:
-            delete_checkpoints(self.store, doomed)
-            log.info("retention removed %s", ", ".join(c.name for c in doomed))
+        self.stats.durable_at = done.durable_at
+        log.info("checkpoint %d durable at %s%s (%.1f MB in %.1f s)", step, self.store.uri, store_name(step, self.generation),
+                 done.bytes / 1e6, done.seconds)
+        if done.removed:
+            log.info("retention removed %s", ", ".join(done.removed))
 
 
 def record_attempt_end(store: storage.Store, generation: int, outcome: str, figures: dict) -> None:

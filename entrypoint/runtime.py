@@ -141,6 +141,11 @@ def _int(value: str | None) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
+def log_format(environ: Mapping[str, str]) -> str:
+    """The format of every log line of the job's processes (the upload process's too)."""
+    return process_label(environ) + "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def process_label(environ: Mapping[str, str]) -> str:
     """`[rank1] ` for a process of a job with several (torchrun's RANK and WORLD_SIZE), so their
     log lines can be told apart; empty otherwise."""

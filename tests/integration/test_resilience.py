@@ -96,7 +96,7 @@ def kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills: int, seed: int, 
 
 
 def test_kill_9_campaign_short(aws_env, bucket, job_inputs, tmp_path):
-    kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=5, seed=1234)
+    kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=5, seed=1234, epochs="8")
 
 
 @pytest.mark.slow

@@ -1,11 +1,16 @@
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from entrypoint import checkpoints as ck
-from entrypoint.storage import LocalStore
+from entrypoint.storage import LocalStore, S3Store
 
 
 def listing_for(*specs):
@@ -121,3 +126,76 @@ def test_queued_checkpoints_collapse_to_the_newest(tmp_path):
     assert sync.wait(30)
     steps = [c.step for c in ck.scan(store) if c.complete]
     assert steps[0] == 5 and len(steps) < 5
+
+
+def test_the_upload_process_uploads_and_its_death_falls_back_to_the_thread(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=1, separate_process=True)
+    try:
+        sync.submit(5, make_checkpoint(tmp_path / "trainer" / "checkpoint-5", 5))
+        assert sync.wait(60)
+        worker = sync._worker.process
+        assert worker.pid != os.getpid() and worker.is_alive()
+        assert sync.stats.durable_step == 5 and sync.stats.bytes > 1000 and sync.stats.durable_at is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+        sync.submit(10, make_checkpoint(tmp_path / "trainer" / "checkpoint-10", 10))
+        assert sync.wait(60)
+        assert sync.stats.durable_step == 10 and sync.stats.failures == 0
+        assert {c.name for c in ck.scan(store)} == {ck.store_name(10, 1)}  # retention ran, in the thread
+    finally:
+        sync.close()
+
+
+def test_upload_process_errors_reach_the_job_which_goes_on(tmp_path, caplog, monkeypatch):
+    with socket.socket() as probe:  # a port where nothing listens: S3 unreachable
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    store = S3Store("s3://bucket/run/checkpoints/")
+    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=2, separate_process=True)
+    try:
+        for step in (5, 10):
+            sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
+            assert sync.wait(60)
+        assert sync.stats.failures == 2 and sync.stats.durable_step is None
+        assert "upload of checkpoint 10 failed" in caplog.text and "s3://bucket/run/checkpoints/" in caplog.text
+        assert sync._worker.alive and sync._worker.process.is_alive()  # a failed upload is not a dead uploader
+    finally:
+        sync.close()
+
+
+def test_the_upload_process_ignores_ctrl_c_and_dies_with_a_killed_job(tmp_path):
+    script = f"""
+import sys, time
+from entrypoint import upload_worker
+worker = upload_worker.start()
+print(worker.process.pid, flush=True)
+time.sleep(120)
+"""
+    job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker_pid = int(job.stdout.readline())
+        time.sleep(3)  # the worker is past its start-up
+        os.kill(worker_pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert alive(worker_pid)
+        job.kill()
+        job.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker_pid)
+    finally:
+        job.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
