@@ -5,6 +5,8 @@
 2. Transfer throughput of one real checkpoint folder: CheckpointSync's upload (sha256 manifest,
    upload_many, manifest last) and `checkpoints.restore` (download, sha256 verify), with and without
    the hashing, against `aws s3 cp --recursive` up and down (medians of --repeats).
+2b. The GIL: a Python-bound loop (a GPU training loop's Python thread launching kernels) during
+   that checkpoint's upload, uploaded from the job's upload process vs from a thread, vs no upload.
 3. Notice to durable: SIGTERM mid-training, `notice_to_durable_s` and the exit code, S3 vs local.
 
 Prints a markdown table of ratios (never asserts a timing) and writes it as JSON with --json.
@@ -148,6 +150,51 @@ def phase_throughput(args, server: S3Server, sample: Path, tmp: Path, aws: Path,
     return {"bytes": size, "files": len(files), "seconds": times, "aws_cli_startup_s": startup}
 
 
+def python_bound_loop(busy) -> float:
+    """Iterations per second of small tensor ops while busy() is true: a stand-in for a GPU
+    training loop, whose Python thread mostly launches kernels and so needs the GIL all the time."""
+    import torch
+
+    x, n, start = torch.ones(16), 0, time.perf_counter()
+    while busy():
+        for _ in range(100):
+            x = x * 1.0001 + 0.1
+        n += 100
+    return n / (time.perf_counter() - start)
+
+
+def phase_loop(args, server: S3Server, sample: Path, tmp: Path, log) -> dict:
+    """A Python-bound loop's rate during a checkpoint upload, uploaded from a thread of the same
+    process vs from the upload process (what the job does), vs the same loop with no upload."""
+    import torch
+
+    from entrypoint import checkpoints, storage
+
+    torch.set_num_threads(args.threads)
+    rates: dict[str, list[float]] = {"none": [], "thread": [], "process": []}
+    for i in range(args.repeats):
+        for mode in ("thread", "process", "none"):
+            if mode == "none":
+                end = time.perf_counter() + 3
+                rates[mode].append(python_bound_loop(lambda: time.perf_counter() < end))
+                continue
+            server.reset()
+            store = storage.S3Store(f"s3://{BUCKET}/loop/{mode}/{i}/", args.concurrency)
+            sync = checkpoints.CheckpointSync(store, tmp / "staging", checkpoints.claim_generation(store, "bench"), keep_last=1,
+                                              concurrency=args.concurrency, separate_process=mode == "process")
+            try:
+                time.sleep(2)  # the upload process is up: the job starts it long before its first save
+                sync.submit(args.max_steps, sample)
+                rates[mode].append(python_bound_loop(lambda: sync._pending > 0))
+                sync.wait()
+            finally:
+                sync.close()
+            if sync.stats.durable_step != args.max_steps:
+                raise SystemExit(f"the upload from the {mode} failed; see the log above")
+        log("  repeat %d: loop iterations/s %s; load %.1f" % (i + 1, ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), load_1min()))
+    return rates
+
+
 def phase_notice(args, server: S3Server, tmp: Path, log) -> dict:
     """SIGTERM once training has logged a step; notice_to_durable_s and the exit code. Between two
     periodic saves (S3 and local folder), and on a periodic save's step (S3), where the stop
@@ -213,6 +260,11 @@ def table(r: dict) -> list[dict]:
             if inside:
                 rows.append({"metric": "upload MB/s during training (job's upload_mb_per_s) vs aws s3 cp idle",
                              "ours": med(inside), "baseline": mbps["aws_up"], "goal": "info"})
+    lp = r.get("loop")
+    if lp:
+        idle = med(lp["none"])
+        rows.append({"metric": "Python-bound loop during an upload, rate vs no upload: upload process (ours) vs a thread",
+                     "ours": med(lp["process"]) / idle, "baseline": med(lp["thread"]) / idle, "goal": "ratio >= 1"})
     nt = r.get("notice")
     if nt:
         rows.append({"metric": "notice_to_durable_s after SIGTERM (S3 vs local folder)", "ours": nt["s3"]["notice_to_durable_s"],
@@ -239,11 +291,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run of every phase (~3 min)")
     p.add_argument("--json", type=Path, help="also write the table and the raw measurements here")
-    p.add_argument("--phases", default="overhead,throughput,notice", help="comma-separated subset to run")
+    p.add_argument("--phases", default="overhead,throughput,loop,notice", help="comma-separated subset to run")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every training run (default 1)")
     p.add_argument("--aws-cli-venv", type=Path, default=REPO / ".venv-bench", help="venv holding the AWS CLI")
     p.add_argument("--concurrency", type=int, default=8, help="FT_TRANSFER_CONCURRENCY of every job and of phase 2's transfers")
     p.add_argument("--ref", help="benchmark this git commit's entrypoint/ (default: the working tree as it is at start)")
+    p.add_argument("--server-nice", type=int, default=19,
+                   help="niceness of the moto server (default 19: it gets the CPU time training leaves idle, as a remote S3 "
+                        "takes none; 0 lets it compete with training as an equal)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (with each job's log under logs/)")
     args = p.parse_args(argv)
     sizes = dict(train_rows=256, max_steps=20, save_steps=5, pairs=1, repeats=1) if args.quick else \
@@ -270,11 +325,11 @@ def main(argv=None) -> int:
     log(f"benchmarking entrypoint/ at {code_version}")
     # Stopped with SIGTERM (timeout, CI), unwind through `finally` so no job or server is left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    server = S3Server()
+    server = S3Server(args.server_nice)
     os.environ.update(aws_env(server.url))
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "code": code_version}
     try:
-        if "overhead" in phases or "throughput" in phases:
+        if phases & {"overhead", "throughput", "loop"}:
             log(f"phase 1: {args.pairs} pair(s) of MiniLM runs, {args.max_steps} steps, save every {args.save_steps}, OMP_NUM_THREADS={args.threads}")
             overhead = phase_overhead(args, server, tmp, log) if "overhead" in phases else \
                 phase_overhead(args, server, tmp, log, kinds=("local",), pairs=1)  # only for a checkpoint to move
@@ -284,6 +339,9 @@ def main(argv=None) -> int:
         if "throughput" in phases:
             log(f"phase 2: {sample.name} ({folder_bytes(sample) / MB:.0f} MB) up and down, {args.repeats} repeat(s)")
             results["throughput"] = phase_throughput(args, server, sample, tmp, aws, log)
+        if "loop" in phases:
+            log(f"phase 2b: a Python-bound loop during uploads of {sample.name}, {args.repeats} repeat(s)")
+            results["loop"] = phase_loop(args, server, sample, tmp, log)
         if "notice" in phases:
             log("phase 3: SIGTERM mid-training")
             results["notice"] = phase_notice(args, server, tmp, log)

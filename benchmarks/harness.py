@@ -29,11 +29,11 @@ class S3Server:
     """A moto server on 127.0.0.1 in its own process, so the CPU it takes from training (which a
     real S3 would not) can be measured."""
 
-    def __init__(self):
+    def __init__(self, nice: int = 0):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         exe = Path(sys.executable).parent / "moto_server"
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], preexec_fn=lambda: os.nice(nice),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
             try:
