@@ -47,6 +47,7 @@ class UploadProcess:
                 kind, value = self._conn.recv()
             except (EOFError, OSError):
                 self.alive = False
+                self.process.join(5)
                 log.warning("the upload process exited (code %s); uploads continue from the training process",
                             self.process.exitcode)
                 return None
