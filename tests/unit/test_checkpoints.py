@@ -168,29 +168,52 @@ def test_upload_process_errors_reach_the_job_which_goes_on(tmp_path, caplog, mon
         sync.close()
 
 
-def test_the_upload_process_ignores_ctrl_c_and_dies_with_a_killed_job(tmp_path):
+def test_the_upload_process_ignores_ctrl_c_and_dies_with_a_killed_job_mid_upload(tmp_path):
+    make_checkpoint(tmp_path / "checkpoint-5", 5)
+    hang = socket.socket()  # an S3 endpoint that accepts connections and never answers: the upload hangs
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(64)
     script = f"""
-import sys, time
+import os, sys, threading, time
+from pathlib import Path
+for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL")]:
+    del os.environ[name]
+os.environ.update(AWS_ENDPOINT_URL="http://127.0.0.1:{hang.getsockname()[1]}", AWS_MAX_ATTEMPTS="1",
+                  AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
 from entrypoint import upload_worker
 worker = upload_worker.start()
+threading.Thread(target=worker.upload, args=("s3://bucket/ck/", 1, Path({str(tmp_path / "checkpoint-5")!r}), 5, 1, 1, None),
+                 daemon=True).start()
 print(worker.process.pid, flush=True)
 time.sleep(120)
 """
     job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         worker_pid = int(job.stdout.readline())
-        time.sleep(3)  # the worker is past its start-up
+        deadline = time.monotonic() + 60
+        while not ignores(worker_pid, signal.SIGINT) and time.monotonic() < deadline:  # past its start-up
+            time.sleep(0.1)
+        time.sleep(1)  # the upload is in flight (and hangs)
+        assert job.poll() is None and alive(worker_pid)
         os.kill(worker_pid, signal.SIGINT)
         time.sleep(0.5)
         assert alive(worker_pid)
         job.kill()
         job.wait(10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10  # botocore would wait 60 s for the hung endpoint
         while alive(worker_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(worker_pid)
     finally:
         job.kill()
+        hang.close()
+
+
+def ignores(pid: int, signum: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
 
 
 def alive(pid: int) -> bool:
