@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 
 import torch
-from transformers import AutoModelForCausalLM, Trainer, set_seed
+from transformers import AutoModelForCausalLM, set_seed
 
 from .. import modeling, preprocess
 from ..errors import UserError
 from . import Prepared, Task
+from .perplexity import PerplexityTrainer
 
 log = logging.getLogger(__name__)
 
@@ -210,23 +210,6 @@ def collator(tokenizer, model, settings):
     return PadCollator(tokenizer.pad_token_id)
 
 
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")  # exp overflows a float past ~709
-
-
-class CausalLMTrainer(Trainer):
-    """Evaluation without keeping logits (vocabulary × tokens would fill memory), adding
-    `<prefix>_perplexity` = exp(`<prefix>_loss`) to the logged and returned metrics."""
-
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only=True, ignore_keys=ignore_keys,
-                                         metric_key_prefix=metric_key_prefix)
-        loss = output.metrics.get(f"{metric_key_prefix}_loss")
-        if loss is not None:
-            output.metrics[f"{metric_key_prefix}_perplexity"] = perplexity(loss)
-        return output
-
-
 TASK = Task(
     name="causal-lm",
     columns=columns,
@@ -235,6 +218,6 @@ TASK = Task(
     tokenize=tokenize,
     collator=collator,
     metrics=lambda tokenizer, settings, info: None,
-    trainer=lambda settings, info: (CausalLMTrainer, {}),
+    trainer=lambda settings, info: (PerplexityTrainer, {}),
     metric_for_best_model="loss",
 )

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 
 import torch
-from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, set_seed
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, set_seed
 
 from .. import modeling, preprocess
 from ..errors import UserError
 from . import Prepared, Task
+from .perplexity import PerplexityTrainer
 
 
 def columns(settings) -> dict[str, str | None]:
@@ -79,24 +79,6 @@ def batch_seed(seed: int, input_ids: torch.Tensor) -> int:
 def collator(tokenizer, model, settings):
     seed = settings.seed if settings.seed is not None else 42  # the Trainer's default seed
     return SeededMaskingCollator(tokenizer, mlm=True, mlm_probability=settings.mlm_probability, pad_to_multiple_of=8, mask_seed=seed)
-
-
-def add_perplexity(metrics: dict, prefix: str = "eval") -> dict:
-    """`{prefix}_perplexity` = exp(`{prefix}_loss`), when the loss is there (inf if it overflows)."""
-    loss = metrics.get(f"{prefix}_loss")
-    if loss is not None:
-        metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 700 else math.inf
-    return metrics
-
-
-class PerplexityTrainer(Trainer):
-    """Adds `eval_perplexity` to every evaluation's metrics, so it is logged (the `[metrics]`
-    lines), seen by callbacks and returned (metrics.json). Shared by the language-model tasks."""
-
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        add_perplexity(output.metrics, metric_key_prefix)
-        return output
 
 
 TASK = Task(

@@ -9,6 +9,7 @@ from entrypoint.runtime import Runtime
 from entrypoint.settings import load_settings
 from entrypoint.tasks import causal_lm
 from entrypoint.tasks.causal_lm import IGNORE
+from entrypoint.tasks.perplexity import perplexity
 from tests.support import tiny, tiny_causal
 
 BASE = {"FT_MODEL": "s3://b/models/m/", "FT_TRAIN_DATA": "s3://b/data/train.csv", "FT_TASK": "causal-lm"}
@@ -144,4 +145,4 @@ def test_evaluation_reports_perplexity_without_keeping_logits(tmp_path, texts):
 
 
 def test_perplexity_does_not_overflow():
-    assert causal_lm.perplexity(0.0) == 1.0 and causal_lm.perplexity(1e4) == math.inf
+    assert perplexity(0.0) == 1.0 and perplexity(1e4) == math.inf

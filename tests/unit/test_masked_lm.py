@@ -8,6 +8,7 @@ from entrypoint.errors import UserError
 from entrypoint.runtime import Runtime
 from entrypoint.settings import load_settings
 from entrypoint.tasks import masked_lm
+from entrypoint.tasks.perplexity import add_perplexity
 from tests.support import tiny
 
 
@@ -74,10 +75,10 @@ def test_masks_depend_on_the_seed_and_the_batch_not_on_the_global_rng(tokenizer)
 
 
 def test_perplexity_is_exp_of_the_loss_under_the_same_prefix():
-    assert masked_lm.add_perplexity({"eval_loss": 2.0}) == {"eval_loss": 2.0, "eval_perplexity": pytest.approx(math.exp(2.0))}
-    assert masked_lm.add_perplexity({"test_loss": 0.0}, "test")["test_perplexity"] == 1.0
-    assert masked_lm.add_perplexity({"eval_loss": 1e4})["eval_perplexity"] == math.inf
-    assert masked_lm.add_perplexity({"eval_accuracy": 0.5}) == {"eval_accuracy": 0.5}
+    assert add_perplexity({"eval_loss": 2.0}) == {"eval_loss": 2.0, "eval_perplexity": pytest.approx(math.exp(2.0))}
+    assert add_perplexity({"test_loss": 0.0}, "test")["test_perplexity"] == 1.0
+    assert add_perplexity({"eval_loss": 1e4})["eval_perplexity"] == math.inf
+    assert add_perplexity({"eval_accuracy": 0.5}) == {"eval_accuracy": 0.5}
 
 
 def test_a_tokenizer_without_a_mask_token_is_a_user_error(tokenizer):
