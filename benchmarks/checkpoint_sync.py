@@ -107,20 +107,23 @@ def keep_checkpoint(store_root: Path, dest: Path) -> Path:
 
 
 def phase_throughput(args, server: S3Server, sample: Path, tmp: Path, aws: Path, log) -> dict:
-    from entrypoint import checkpoints, storage
+    from entrypoint.durability import attempts, checkpoints
+    from entrypoint.durability import manifests as mf
+    from entrypoint.durability.sync import CheckpointSync
+    from entrypoint.io import storage
 
     env = dict(os.environ, **aws_env(server.url))
     size = folder_bytes(sample)
     step = args.max_steps
-    checkpoints.build_manifest(sample, step, 1)  # warm the page cache for every contender alike
+    mf.build_manifest(sample, step, 1)  # warm the page cache for every contender alike
     times: dict[str, list[float]] = {k: [] for k in ("sync_up", "plain_up", "aws_up", "restore_down", "plain_down", "aws_down")}
     aws_cmd = [str(aws), "s3", "cp", "--recursive", "--only-show-errors"]
     for i in range(args.repeats):
         server.reset()
         store = storage.S3Store(f"s3://{BUCKET}/sync/{i}/", args.concurrency)
-        generation = checkpoints.claim_generation(store, "bench")
+        generation = attempts.claim_generation(store, "bench")
         staging = tmp / "staging"
-        sync = checkpoints.CheckpointSync(store, staging, generation, keep_last=2, concurrency=args.concurrency)
+        sync = CheckpointSync(store, staging, generation, keep_last=2, concurrency=args.concurrency)
 
         def sync_upload():
             sync.submit(step, sample)
@@ -140,7 +143,7 @@ def phase_throughput(args, server: S3Server, sample: Path, tmp: Path, aws: Path,
         times["restore_down"].append(timed(lambda: restored.append(checkpoints.restore(store, down / "restore", args.concurrency))))
         if not restored[0]:
             raise SystemExit("restore found no complete checkpoint")
-        name = checkpoints.store_name(step, generation)
+        name = mf.store_name(step, generation)
         keys = [f"{name}/{rel}" for rel in files]
         times["plain_down"].append(timed(lambda: storage.download_many(store, keys, down / "plain", strip=f"{name}/", concurrency=args.concurrency)))
         times["aws_down"].append(timed(lambda: subprocess.run(aws_cmd + [f"s3://{BUCKET}/sync/{i}/{name}/", str(down / "aws")], env=env, check=True)))
@@ -168,7 +171,9 @@ def phase_loop(args, server: S3Server, sample: Path, tmp: Path, log) -> dict:
     process vs from the upload process (what the job does), vs the same loop with no upload."""
     import torch
 
-    from entrypoint import checkpoints, storage
+    from entrypoint.durability import attempts, upload_process
+    from entrypoint.durability.sync import CheckpointSync
+    from entrypoint.io import storage
 
     torch.set_num_threads(args.threads)
     rates: dict[str, list[float]] = {"none": [], "thread": [], "process": []}
@@ -180,8 +185,9 @@ def phase_loop(args, server: S3Server, sample: Path, tmp: Path, log) -> dict:
                 continue
             server.reset()
             store = storage.S3Store(f"s3://{BUCKET}/loop/{mode}/{i}/", args.concurrency)
-            sync = checkpoints.CheckpointSync(store, tmp / "staging", checkpoints.claim_generation(store, "bench"), keep_last=1,
-                                              concurrency=args.concurrency, separate_process=mode == "process")
+            uploader = upload_process.start() if mode == "process" else None
+            sync = CheckpointSync(store, tmp / "staging", attempts.claim_generation(store, "bench"), keep_last=1,
+                                  concurrency=args.concurrency, uploader=uploader)
             try:
                 time.sleep(2)  # the upload process is up: the job starts it long before its first save
                 sync.submit(args.max_steps, sample)

@@ -1,96 +1,76 @@
-"""`finetune`: the command. `train` is the job, read top to bottom in `train()`; `main()` is the
-only place exceptions become exit codes (errors.EXIT_CODES)."""
+"""`finetune`: the command line. `train` launches one process per GPU or runs the job, a recipe
+read top to bottom in job/recipe.py; `main()` is the only place exceptions become exit codes
+(errors.EXIT_CODES). This module imports no training library at import time: `finetune submit`
+runs from the light install (boto3 and pydantic only)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 import traceback
-from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
-from . import checkpoints, errors, reporting, runtime as platform, storage
-from .errors import ExitCode, FinetuneError, Interrupted
+from entrypoint import errors
+from entrypoint.config import platform
+from entrypoint.errors import ExitCode, FinetuneError, Interrupted, UserError
 
 log = logging.getLogger("finetune")
 
 
+TRAINING_STACK = ("torch", "transformers", "datasets", "accelerate", "peft", "pandas", "pyarrow", "safetensors")
+
+
 def train(environ: Mapping[str, str], started: float) -> dict:
-    """The job: settings → platform → checkpoint → data → model → Trainer → outputs."""
-    from . import adapters, data, distributed, interruption, modeling, outputs, settings as config, tasks, training, workspace
+    """`finetune train`: launch one process per GPU, or run the job (a recipe) in this one."""
+    with training_stack("finetune train"):
+        from entrypoint.job.recipe import TrainingJob
+        from entrypoint.parallel import collectives, launch
 
     quiet_libraries()
+    runtime, settings = load_settings(environ)
+    log.info("platform: %s; task: %s", runtime.describe(), settings.task)
+    plan = launch.launch_plan(runtime, settings.num_processes, launch.visible_gpus(), environ)
+    if plan is not None:  # several processes: this one launches them (each runs `finetune train`) and waits
+        launch.launch(plan)
+        return {}
+    collectives.close_at_exit()  # this process may join a process group (the Trainer's)
+    return TrainingJob(environ, runtime, settings, started).run()
+
+
+def tune(environ: Mapping[str, str], started: float) -> dict:
+    """`finetune tune`: an Optuna search over the same job's settings."""
+    with training_stack("finetune tune"):
+        from entrypoint.tune import search
+
+    quiet_libraries()
+    runtime, settings = load_settings(environ)
+    return search.run(environ, runtime, settings, started)
+
+
+@contextlib.contextmanager
+def training_stack(command: str) -> Iterator[None]:
+    """A light install (`pip install .`, for `finetune submit`) lacks the training libraries."""
+    try:
+        yield
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINING_STACK:
+            raise
+        raise UserError(f"{command} needs the training libraries ({exc.name} is not installed): "
+                        "pip install 'finetune[train]' (the image has them)") from exc
+
+
+def load_settings(environ: Mapping[str, str]):
+    """The platform this runs on and the job's validated settings (SettingsError lists every problem)."""
+    from entrypoint.config import settings as config
+
     runtime = platform.detect(environ, platform.read_platform_files(environ))
     settings = config.load_settings(environ, runtime)
     logging.getLogger().setLevel(settings.log_level)
-    log.info("platform: %s; task: %s", runtime.describe(), settings.task)
-    plan = distributed.launch_plan(runtime, settings.num_processes, distributed.visible_gpus(), environ)
-    if plan is not None:  # several processes: this one launches them (each runs this function) and waits
-        distributed.launch(plan)
-        return {}
-    distributed.close_at_exit()  # this process may join a process group (the Trainer's)
-    task = tasks.get(settings.task)
-    stop = interruption.StopRequest()
-    interruption.install_signal_handlers(stop)
-    poller = interruption.start_spot_poller(stop, environ, runtime, settings.spot_notice_poll_seconds)
-    with distributed.one_at_a_time(settings.work_dir):  # this machine's processes share FT_WORK_DIR
-        work = workspace.prepare(settings.work_dir)
-    args = training.training_arguments(settings, work.checkpoints, workspace.has_cuda(), task.seq2seq_arguments, task.metric_for_best_model)
-    distributed.require_data_parallel(args)
-    store = storage.open_store(config.checkpoint_uri(settings), settings.transfer_concurrency)
-    generation = distributed.on_main(checkpoints.claim_generation, store, runtime.describe())
-    resumed_step, resumed_dir = distributed.on_local_main(checkpoints.restore, store, work.checkpoints, settings.transfer_concurrency) or (None, None)
-    interruption.check_stop(stop, "after restoring the checkpoint", distributed.all_max)
-    prepared = distributed.in_turn(lambda: task.prepare(data.load_splits(settings, work.root, task.columns(settings)), settings))
-    model_dir = distributed.on_local_main(modeling.fetch_model, settings.model, work.root, settings.transfer_concurrency)
-    tokenizer = modeling.load_tokenizer(model_dir, settings.model)
-    model = task.load_model(model_dir, settings.model, prepared.info, settings, args.seed)
-    model = adapters.apply(model, settings)
-    train_ds = task.tokenize(prepared.train, tokenizer, settings, prepared.info)
-    eval_ds = task.tokenize(prepared.eval, tokenizer, settings, prepared.info) if prepared.eval is not None else None
-    interruption.check_stop(stop, "before training", distributed.all_max)
-    sync = checkpoints.CheckpointSync(store, work.staging, generation, settings.checkpoint_keep_last,
-                                     settings.transfer_concurrency, separate_process=True) if distributed.is_main() else None
-    stopper, clock = interruption.StopOnRequest(stop, distributed.all_max), training.RunClock(started)
-    tensorboard = training.SyncTensorBoard(work.root / "tensorboard", config.tensorboard_uri(settings, runtime))
-    callbacks = [distributed.AllSaved(), training.SyncCheckpoints(sync), stopper, training.MetricLines(), clock, tensorboard, *training.extra_callbacks(settings)]
-    trainer = training.build_trainer(task, settings, prepared.info, args, model, tokenizer, train_ds, eval_ds, callbacks)
-    tensorboard.attach(trainer)
-    trainer.train(resume_from_checkpoint=str(resumed_dir) if resumed_dir else None)
-    if poller:
-        poller.close()
-    figures = distributed.on_main(end_attempt, sync, store, stop, stopper, clock.first_step_s, resumed_step, generation)
-    if stopper.stopped_at_step is not None:
-        interruption.raise_interrupted(stop, figures)
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    saved = outputs.save_model(trainer, distributed.per_process(work.output), settings.merge_adapter)  # collective when sharded
-    if not distributed.is_main():
-        return metrics
-    totals = interruption.run_totals(checkpoints.attempt_history(store), generation, figures)
-    metrics.update(global_step=trainer.state.global_step, resumed_from_step=resumed_step, **figures, **{f"run_{k}": v for k, v in totals.items()})
-    print(reporting.format_metrics(metrics), flush=True)
-    where = outputs.publish(saved, metrics, settings.output_uri, settings.transfer_concurrency)
-    log.info("done: step %d, model and metrics.json at %s", trainer.state.global_step, where)
-    return metrics
-
-
-def end_attempt(sync, store, stop, stopper, first_step_s, resumed_step, generation) -> dict:
-    """The main process's end of training: its checkpoint uploads finished, the preemption
-    figures printed, and an interrupted attempt's ending recorded; returns the figures."""
-    from . import interruption
-
-    sync.wait()
-    sync.close()
-    figures = interruption.accounting(stop, stopper, sync.stats, first_step_s, resumed_step, generation)
-    print(reporting.format_metrics(figures), flush=True)
-    if sync.superseded:
-        raise errors.WorldError(f"a newer attempt of this job took over {store.uri}; this attempt stopped")
-    if stopper.stopped_at_step is not None:
-        checkpoints.record_attempt_end(store, generation, "interrupted", figures)
-    return figures
+    return runtime, settings
 
 
 def quiet_libraries() -> None:
@@ -122,7 +102,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("submit", help="launch the job on AWS Batch or SageMaker (`finetune submit --help`)", add_help=False)
     codes = sub.add_parser("exit-codes", help="print the exit-code table and the AWS Batch retry rules")
     codes.add_argument("--json", action="store_true", help="as JSON")
-    sub.add_parser("settings", help="print the job's own settings as a markdown table (TrainingArguments fields are settings too)")
+    listing = sub.add_parser("settings", help="print the job's own settings as a markdown table (TrainingArguments fields are settings too)")
+    listing.add_argument("--names-json", action="store_true",
+                         help="print the installed transformers' TrainingArguments names, as entrypoint/config/training_argument_names.json holds them")
     return p
 
 
@@ -141,18 +123,15 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         if command == "train":
             train(environ, started)
         elif command == "tune":
-            from . import tune
-
-            quiet_libraries()
-            tune.run(environ, started)
+            tune(environ, started)
         elif command == "submit":
-            from . import submit
+            from entrypoint.submit import command as submit
 
             return submit.main(rest, environ)
         elif command == "exit-codes":
             return print_exit_codes(args.json)
         elif command == "settings":
-            return print_settings()
+            return print_settings(args.names_json)
         return ExitCode.OK
     except Interrupted as exc:
         log.warning("%s", exc)
@@ -168,9 +147,14 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return ExitCode.UNEXPECTED
 
 
-def print_settings() -> int:
-    from .settings import settings_table
+def print_settings(names_json: bool = False) -> int:
+    from entrypoint.config.settings import all_training_argument_names, settings_table
 
+    if names_json:
+        import transformers
+
+        print(json.dumps({"transformers": transformers.__version__, "names": all_training_argument_names()}, indent=1))
+        return ExitCode.OK
     print("| variable | default | meaning |\n|---|---|---|")
     for name, default, meaning in settings_table():
         print(f"| `{name}` | {default} | {meaning} |")

@@ -106,3 +106,19 @@ class Interrupted(FinetuneError):
         self.reason = reason
         self.exit_code = exit_code
         super().__init__(f"interrupted by {reason}")
+
+
+class WorkersFailed(FinetuneError):
+    """A training process failed; its own log lines above say why."""
+
+    def __init__(self, code: int):
+        self.exit_code = code
+        super().__init__(f"a training process exited with code {code}; its log lines above say why")
+
+
+class FailedElsewhere(FinetuneError):
+    """Another process failed at a step all processes share; this one ends the same way."""
+
+    def __init__(self, message: str, code: int):
+        self.exit_code = code
+        super().__init__(message)

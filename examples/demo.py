@@ -96,7 +96,7 @@ def run_job(env: dict, stop_at_step: int | None) -> int:
     for line in proc.stdout:
         print(line, end="", flush=True)
         if stop_at_step and not sent and line.startswith("[metrics] step=") and int(line.split()[1].split("=")[1]) >= stop_at_step:
-            print(f"\n>>> sending SIGTERM, as a spot interruption or `docker stop` would\n", flush=True)
+            print("\n>>> sending SIGTERM, as a spot interruption or `docker stop` would\n", flush=True)
             proc.send_signal(signal.SIGTERM)
             sent = True
     return proc.wait()

@@ -22,8 +22,8 @@ import datetime
 import sys
 
 from entrypoint.reporting import STANDARD_METRICS, metric_definitions
-from entrypoint.submit import collect_settings
-from entrypoint.submit_sagemaker import (
+from entrypoint.submit.command import collect_settings
+from entrypoint.submit.sagemaker import (
     CHECKPOINT_LOCAL_PATH,
     default_job_name,
     default_max_wait_seconds,

@@ -10,8 +10,9 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, set_seed
 
-from .. import modeling, preprocess
-from ..errors import UserError
+from entrypoint.job import modeling
+from entrypoint.job import preprocess
+from entrypoint.errors import UserError
 from . import Prepared, Task
 from .perplexity import PerplexityTrainer
 

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
-from .. import modeling, preprocess
-from ..errors import UserError
+from entrypoint.job import modeling
+from entrypoint.job import preprocess
+from entrypoint.errors import UserError
 from . import Prepared, Task
 
 

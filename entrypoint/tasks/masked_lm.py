@@ -9,8 +9,9 @@ import hashlib
 import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, set_seed
 
-from .. import modeling, preprocess
-from ..errors import UserError
+from entrypoint.job import modeling
+from entrypoint.job import preprocess
+from entrypoint.errors import UserError
 from . import Prepared, Task
 from .perplexity import PerplexityTrainer
 

@@ -15,8 +15,9 @@ from transformers import (AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, Data
                           Seq2SeqTrainer, set_seed)
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
-from .. import modeling, preprocess
-from ..errors import UserError
+from entrypoint.job import modeling
+from entrypoint.job import preprocess
+from entrypoint.errors import UserError
 from . import Prepared, Task
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,7 @@ def test_torch_cpu_build_is_installed_before_the_project(spec):
     install = commands(spec, "install")
     torch_at = index_of(install, "$TORCH_REQUIREMENT")
     assert "--index-url" in install[torch_at]
-    assert torch_at < index_of(install, '".[test]"')
+    assert torch_at < index_of(install, '".[train,test]"')
 
 
 def test_image_is_tagged_with_the_commit_only(spec):

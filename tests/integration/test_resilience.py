@@ -1,7 +1,6 @@
 """Spot resilience end to end: the spot notice, kill -9 at random moments, a misbehaving S3,
 a stale attempt still writing, and SageMaker's synced checkpoint folder."""
 import json
-import os
 import random
 import shutil
 import signal
@@ -9,8 +8,10 @@ import time
 
 import pytest
 
-from entrypoint import checkpoints as ck
-from entrypoint.storage import S3Store
+from entrypoint.durability import checkpoints as ck
+
+from entrypoint.durability import manifests as mf
+from entrypoint.io.storage import S3Store
 from tests.integration.conftest import assert_same_weights, final_weights, settings
 from tests.support import jobs
 from tests.support.fakes import FakeIMDS, FaultProxy
@@ -185,13 +186,13 @@ def test_sagemaker_mode_uses_the_synced_folder_and_skips_an_incomplete_restore(t
     assert job.finish() == 143, job.output()[-3000:]
     assert "SageMaker training job ft-test" in job.output()
     checkpoints = root / "checkpoints"
-    complete = sorted(checkpoints.glob(f"checkpoint-*/{ck.MANIFEST}"))
+    complete = sorted(checkpoints.glob(f"checkpoint-*/{mf.MANIFEST}"))
     assert complete, "no complete checkpoint in /opt/ml/checkpoints"
     # The platform restores whatever it had synced, a half-written checkpoint included.
     newest = complete[-1].parent
-    half = checkpoints / ck.store_name(999, 1)
+    half = checkpoints / mf.store_name(999, 1)
     shutil.copytree(newest, half)
-    (half / ck.MANIFEST).unlink()
+    (half / mf.MANIFEST).unlink()
     rc, out = jobs.run(env, tmp_path)
     assert rc == 0, out[-3000:]
     assert f"skipping checkpoint {half.name}: incomplete" in out

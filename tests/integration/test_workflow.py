@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from entrypoint import checkpoints as ck
-from entrypoint.storage import S3Store
+from entrypoint.durability import checkpoints as ck
+from entrypoint.io.storage import S3Store
 from tests.integration.conftest import settings
 from tests.support import jobs
 

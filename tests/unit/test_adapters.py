@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from entrypoint import adapters, outputs
+from entrypoint.job import adapters
+from entrypoint.job import outputs
 from entrypoint.errors import UserError
-from entrypoint.runtime import Runtime
-from entrypoint.settings import load_settings
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
 from entrypoint.tasks import causal_lm, classification
 from tests.support import tiny, tiny_causal
 

@@ -5,8 +5,8 @@ import datasets
 import pytest
 
 from entrypoint.errors import UserError
-from entrypoint.runtime import Runtime
-from entrypoint.settings import load_settings
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
 from entrypoint.tasks import causal_lm
 from entrypoint.tasks.causal_lm import IGNORE
 from entrypoint.tasks.perplexity import perplexity

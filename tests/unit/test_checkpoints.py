@@ -7,10 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from entrypoint import checkpoints as ck
-from entrypoint.storage import LocalStore, S3Store
+from entrypoint.durability import attempts, upload_process
+from entrypoint.durability import manifests as mf
+from entrypoint.durability import checkpoints as ck
+from entrypoint.durability.sync import CheckpointSync
+from entrypoint.io.storage import LocalStore, S3Store
 
 
 def listing_for(*specs):
@@ -20,9 +21,9 @@ def listing_for(*specs):
         for rel, size in files.items():
             listing[f"{name}/{rel}"] = size
         if complete is not None:
-            listing[f"{name}/{ck.MANIFEST}"] = 100
+            listing[f"{name}/{mf.MANIFEST}"] = 100
             sizes = files if complete else {**files, "optimizer.pt": 999}
-            manifests[name] = {"format": ck.FORMAT, "files": {rel: {"size": s} for rel, s in sizes.items()}}
+            manifests[name] = {"format": mf.FORMAT, "files": {rel: {"size": s} for rel, s in sizes.items()}}
     return listing, manifests
 
 
@@ -32,39 +33,39 @@ def test_newest_complete_wins_and_incomplete_newer_ones_are_skipped():
         ("checkpoint-000000020-g0001", {"model.safetensors": 5}, False),  # a file missing
         ("checkpoint-000000030-g0002", {"model.safetensors": 5}, None),  # no manifest yet
     )
-    found = ck.checkpoints_from(listing, manifests)
+    found = mf.checkpoints_from(listing, manifests)
     assert [c.step for c in found] == [30, 20, 10]
-    assert ck.latest_complete(found).name == "checkpoint-000000010-g0001"
+    assert mf.latest_complete(found).name == "checkpoint-000000010-g0001"
 
 
 def test_a_file_of_the_wrong_size_makes_a_checkpoint_incomplete():
     listing, manifests = listing_for(("checkpoint-000000010-g0001", {"a": 5}, True))
     listing["checkpoint-000000010-g0001/a"] = 4
-    assert ck.latest_complete(ck.checkpoints_from(listing, manifests)) is None
+    assert mf.latest_complete(mf.checkpoints_from(listing, manifests)) is None
 
 
 def test_no_checkpoint_at_all():
-    assert ck.latest_complete(ck.checkpoints_from({"_attempts/000001": 3, "other/x": 1}, {})) is None
+    assert mf.latest_complete(mf.checkpoints_from({"_attempts/000001": 3, "other/x": 1}, {})) is None
 
 
 def test_retention_keeps_newest_n_and_the_best_and_never_the_only_complete():
-    specs = [(ck.store_name(step, 1), {"w": 1}, True) for step in (10, 20, 30, 40)]
-    found = ck.checkpoints_from(*listing_for(*specs))
-    assert [c.step for c in ck.to_delete(found, keep_last=2, best_step=None)] == [20, 10]
-    assert [c.step for c in ck.to_delete(found, keep_last=2, best_step=10)] == [20]
-    only = ck.checkpoints_from(*listing_for((ck.store_name(10, 1), {"w": 1}, True), (ck.store_name(20, 1), {"w": 1}, None)))
-    assert ck.to_delete(only, keep_last=1, best_step=None) == []
+    specs = [(mf.store_name(step, 1), {"w": 1}, True) for step in (10, 20, 30, 40)]
+    found = mf.checkpoints_from(*listing_for(*specs))
+    assert [c.step for c in mf.to_delete(found, keep_last=2, best_step=None)] == [20, 10]
+    assert [c.step for c in mf.to_delete(found, keep_last=2, best_step=10)] == [20]
+    only = mf.checkpoints_from(*listing_for((mf.store_name(10, 1), {"w": 1}, True), (mf.store_name(20, 1), {"w": 1}, None)))
+    assert mf.to_delete(only, keep_last=1, best_step=None) == []
 
 
 def test_retention_removes_incomplete_leftovers_older_than_the_newest_complete():
-    found = ck.checkpoints_from(*listing_for(
-        (ck.store_name(10, 1), {"w": 1}, None), (ck.store_name(20, 1), {"w": 1}, True), (ck.store_name(30, 2), {"w": 1}, None)))
-    assert [c.step for c in ck.to_delete(found, keep_last=1, best_step=None)] == [10]
+    found = mf.checkpoints_from(*listing_for(
+        (mf.store_name(10, 1), {"w": 1}, None), (mf.store_name(20, 1), {"w": 1}, True), (mf.store_name(30, 2), {"w": 1}, None)))
+    assert [c.step for c in mf.to_delete(found, keep_last=1, best_step=None)] == [10]
 
 
 def test_nothing_is_deleted_while_nothing_is_complete():
-    found = ck.checkpoints_from(*listing_for((ck.store_name(10, 1), {"w": 1}, None)))
-    assert ck.to_delete(found, keep_last=1, best_step=None) == []
+    found = mf.checkpoints_from(*listing_for((mf.store_name(10, 1), {"w": 1}, None)))
+    assert mf.to_delete(found, keep_last=1, best_step=None) == []
 
 
 def make_checkpoint(folder: Path, step: int) -> Path:
@@ -76,25 +77,25 @@ def make_checkpoint(folder: Path, step: int) -> Path:
 
 def test_sync_uploads_with_manifest_last_and_restore_verifies(tmp_path):
     store = LocalStore(str(tmp_path / "store"))
-    generation = ck.claim_generation(store, "test")
-    sync = ck.CheckpointSync(store, tmp_path / "staging", generation, keep_last=1)
+    generation = attempts.claim_generation(store, "test")
+    sync = CheckpointSync(store, tmp_path / "staging", generation, keep_last=1)
     for step in (5, 10):
         sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
         assert sync.wait(30)
     assert sync.stats.durable_step == 10
     names = {c.name for c in ck.scan(store)}
-    assert names == {ck.store_name(10, generation)}  # retention kept one
+    assert names == {mf.store_name(10, generation)}  # retention kept one
     step, folder = ck.restore(store, tmp_path / "restored")
     assert step == 10 and (folder / "model.safetensors").read_bytes() == bytes([10]) * 1000
 
 
 def test_restore_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
     store = LocalStore(str(tmp_path / "store"))
-    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=5)
+    sync = CheckpointSync(store, tmp_path / "staging", 1, keep_last=5)
     for step in (5, 10):
         sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
         assert sync.wait(30)
-    newest = store.root / ck.store_name(10, 1) / "model.safetensors"
+    newest = store.root / mf.store_name(10, 1) / "model.safetensors"
     newest.write_bytes(b"\xff" * 1000)  # same size, different bytes
     step, _ = ck.restore(store, tmp_path / "restored")
     assert step == 5
@@ -103,14 +104,14 @@ def test_restore_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
 
 def test_generations_are_unique_and_a_stale_attempt_is_fenced(tmp_path):
     store = LocalStore(str(tmp_path / "store"))
-    first = ck.claim_generation(store, "a")
-    second = ck.claim_generation(store, "b")
+    first = attempts.claim_generation(store, "a")
+    second = attempts.claim_generation(store, "b")
     assert (first, second) == (1, 2)
-    stale = ck.CheckpointSync(store, tmp_path / "staging", first, keep_last=1)
+    stale = CheckpointSync(store, tmp_path / "staging", first, keep_last=1)
     stale.submit(7, make_checkpoint(tmp_path / "t" / "checkpoint-7", 7))
     assert stale.wait(30)
     assert stale.superseded and stale.stats.durable_step is None
-    assert ck.latest_complete(ck.scan(store)) is None
+    assert mf.latest_complete(ck.scan(store)) is None
 
 
 def test_queued_checkpoints_collapse_to_the_newest(tmp_path):
@@ -120,7 +121,7 @@ def test_queued_checkpoints_collapse_to_the_newest(tmp_path):
             super().upload_file(path, key)
 
     store = SlowStore(str(tmp_path / "store"))
-    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=10)
+    sync = CheckpointSync(store, tmp_path / "staging", 1, keep_last=10)
     for step in range(1, 6):
         sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
     assert sync.wait(30)
@@ -130,7 +131,7 @@ def test_queued_checkpoints_collapse_to_the_newest(tmp_path):
 
 def test_the_upload_process_uploads_and_its_death_falls_back_to_the_thread(tmp_path):
     store = LocalStore(str(tmp_path / "store"))
-    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=1, separate_process=True)
+    sync = CheckpointSync(store, tmp_path / "staging", 1, keep_last=1, uploader=upload_process.start())
     try:
         sync.submit(5, make_checkpoint(tmp_path / "trainer" / "checkpoint-5", 5))
         assert sync.wait(60)
@@ -142,7 +143,7 @@ def test_the_upload_process_uploads_and_its_death_falls_back_to_the_thread(tmp_p
         sync.submit(10, make_checkpoint(tmp_path / "trainer" / "checkpoint-10", 10))
         assert sync.wait(60)
         assert sync.stats.durable_step == 10 and sync.stats.failures == 0
-        assert {c.name for c in ck.scan(store)} == {ck.store_name(10, 1)}  # retention ran, in the thread
+        assert {c.name for c in ck.scan(store)} == {mf.store_name(10, 1)}  # retention ran, in the thread
     finally:
         sync.close()
 
@@ -156,7 +157,7 @@ def test_upload_process_errors_reach_the_job_which_goes_on(tmp_path, caplog, mon
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     store = S3Store("s3://bucket/run/checkpoints/")
-    sync = ck.CheckpointSync(store, tmp_path / "staging", 1, keep_last=2, separate_process=True)
+    sync = CheckpointSync(store, tmp_path / "staging", 1, keep_last=2, uploader=upload_process.start())
     try:
         for step in (5, 10):
             sync.submit(step, make_checkpoint(tmp_path / "trainer" / f"checkpoint-{step}", step))
@@ -180,9 +181,11 @@ for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL")]:
     del os.environ[name]
 os.environ.update(AWS_ENDPOINT_URL="http://127.0.0.1:{hang.getsockname()[1]}", AWS_MAX_ATTEMPTS="1",
                   AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-from entrypoint import upload_worker
-worker = upload_worker.start()
-threading.Thread(target=worker.upload, args=("s3://bucket/ck/", 1, Path({str(tmp_path / "checkpoint-5")!r}), 5, 1, 1, None),
+from entrypoint.durability import upload_process
+from entrypoint.durability.checkpoints import UploadRequest
+worker = upload_process.start()
+request = UploadRequest("s3://bucket/ck/", 1, Path({str(tmp_path / "checkpoint-5")!r}), 5, 1, 1, None)
+threading.Thread(target=worker.upload, args=(request,),
                  daemon=True).start()
 print(worker.process.pid, flush=True)
 time.sleep(120)

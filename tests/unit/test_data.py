@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from entrypoint import data
+from entrypoint.job import data
 from entrypoint.errors import UserError
 from entrypoint.tasks import classification
-from entrypoint.runtime import Runtime
-from entrypoint.settings import load_settings
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
 
 
 def load(s, tmp_path):

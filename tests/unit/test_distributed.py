@@ -1,14 +1,15 @@
-"""How `finetune train` launches (distributed.launch_plan) and how processes agree to stop."""
+"""How `finetune train` launches (launch.launch_plan) and how processes agree to stop."""
 import signal
 import threading
 
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from entrypoint import distributed, interruption
-from entrypoint.distributed import LaunchPlan, exit_code, launch_plan
+from entrypoint.parallel import launch
+from entrypoint.durability import interruption
+from entrypoint.parallel.launch import LaunchPlan, exit_code, launch_plan
 from entrypoint.errors import Interrupted
-from entrypoint.runtime import Runtime, detect, process_label
+from entrypoint.config.platform import Runtime, detect, process_label
 
 LOCAL = Runtime(platform="local")
 
@@ -208,10 +209,10 @@ def test_check_stop_raises_when_any_process_saw_a_request():
 
 def test_forward_stop_signals_every_process_once_including_late_ones(monkeypatch):
     sent = []
-    monkeypatch.setattr(distributed.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(launch.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     stop, finished = interruption.StopRequest(), threading.Event()
     children = [[101, 102]]
-    thread = threading.Thread(target=distributed.forward_stop, args=(stop, finished, lambda: children[0]))
+    thread = threading.Thread(target=launch.forward_stop, args=(stop, finished, lambda: children[0]))
     thread.start()
     stop.request("SIGINT", signal.SIGINT)
     deadline = threading.Event()
@@ -233,7 +234,7 @@ def test_the_process_group_is_destroyed_before_the_interpreter_shuts_down(tmp_pa
     script = f"""
 import atexit, torch.distributed as dist
 atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))  # runs after close
-from entrypoint import distributed
+from entrypoint.parallel import collectives as distributed
 distributed.close_at_exit()
 dist.init_process_group("gloo", init_method="file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
 dist.barrier()

@@ -3,8 +3,8 @@ import signal
 import time
 from types import SimpleNamespace
 
-from entrypoint import interruption
-from entrypoint.runtime import Runtime
+from entrypoint.durability import accounting, interruption
+from entrypoint.config.platform import Runtime
 from tests.support.fakes import FakeIMDS
 
 
@@ -67,5 +67,5 @@ def test_accounting_counts_steps_lost_when_the_stop_checkpoint_failed():
     stopper = interruption.StopOnRequest(stop)
     stopper.stopped_at_step = 40
     stats = SimpleNamespace(durable_step=30, durable_at=None, mb_per_s=None, failures=1)
-    figures = interruption.accounting(stop, stopper, stats, 5.0, None, 2)
+    figures = accounting.accounting(stop, stopper, stats, 5.0, None, 2)
     assert figures["steps_lost"] == 10 and figures["notice_to_durable_s"] is None and figures["interruptions"] == 1

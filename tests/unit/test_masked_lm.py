@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from entrypoint.errors import UserError
-from entrypoint.runtime import Runtime
-from entrypoint.settings import load_settings
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
 from entrypoint.tasks import masked_lm
 from entrypoint.tasks.perplexity import add_perplexity
 from tests.support import tiny

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from entrypoint.runtime import Runtime
-from entrypoint.settings import load_settings
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
 from entrypoint.tasks import seq2seq
 from tests.support import tiny
 

@@ -1,8 +1,8 @@
 import pytest
 
 from entrypoint.errors import SettingsError
-from entrypoint.runtime import Runtime, SageMakerPaths
-from entrypoint.settings import check_setting_names, checkpoint_uri, load_settings, trainer_overrides
+from entrypoint.config.platform import Runtime, SageMakerPaths
+from entrypoint.config.settings import check_setting_names, checkpoint_uri, load_settings, trainer_overrides
 
 BASE = {"FT_MODEL": "s3://b/models/m/", "FT_TRAIN_DATA": "s3://b/data/train.csv"}
 LOCAL = Runtime("local")

@@ -2,7 +2,7 @@
 import boto3
 import pytest
 
-from entrypoint import storage
+from entrypoint.io import storage
 from entrypoint.errors import UserError
 
 

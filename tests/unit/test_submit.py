@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint import submit, submit_batch, submit_sagemaker
+from entrypoint.submit import command as submit
+from entrypoint.submit import batch as submit_batch
+from entrypoint.submit import sagemaker as submit_sagemaker
 from entrypoint.errors import RETRY_RULES, UserError, WorldError
 from entrypoint.reporting import STANDARD_METRICS, format_metrics
 

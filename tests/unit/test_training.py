@@ -1,11 +1,11 @@
-from pathlib import Path
 
 import pytest
 
 from entrypoint.errors import SettingsError, UserError
-from entrypoint.runtime import Runtime
-from entrypoint.settings import load_settings
-from entrypoint.training import Hardware, extra_callbacks, hardware_problems, training_arguments
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
+from entrypoint.job.callbacks import extra_callbacks
+from entrypoint.job.training import Hardware, hardware_problems, training_arguments
 
 CPU = Hardware(cuda=False, packages=frozenset())
 GPU = Hardware(cuda=True, packages=frozenset({"bitsandbytes", "deepspeed", "tensorboard"}))
@@ -64,7 +64,7 @@ def test_seq2seq_only_settings_are_refused_for_other_tasks(tmp_path):
 
 
 def test_precision_is_fp32_on_cpu_and_explicit_settings_win():
-    from entrypoint.modeling import precision
+    from entrypoint.job.modeling import precision
 
     assert precision(None, None) == {"bf16": False, "fp16": False}  # this machine has no GPU
     assert precision(True, None) == {"bf16": True, "fp16": False}

@@ -2,11 +2,13 @@ import json
 
 import pytest
 
-from entrypoint import storage, tune
+from entrypoint.io import storage
+from entrypoint.tune import search as tune
+from entrypoint.tune import space
 from entrypoint.errors import Interrupted, SettingsError
-from entrypoint.interruption import StopRequest
-from entrypoint.runtime import Runtime
-from entrypoint.settings import load_settings
+from entrypoint.durability.interruption import StopRequest
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
 
 BASE = {"FT_MODEL": "s3://b/models/m/", "FT_TRAIN_DATA": "s3://b/data/train.csv", "FT_EVAL_DATA": "s3://b/data/eval.csv"}
 
@@ -17,12 +19,12 @@ def settings(**extra):
 
 def plan_problems(task_metric="accuracy", **extra):
     with pytest.raises(SettingsError) as info:
-        tune.plan(settings(**extra), task_metric)
+        space.plan(settings(**extra), task_metric)
     return info.value.problems
 
 
 def test_a_search_space_becomes_ranges_and_choices_typed_by_the_setting():
-    params, problems = tune.parse_space({
+    params, problems = space.parse_space({
         "learning_rate": {"low": 1e-5, "high": 1e-4, "log": True},
         "per_device_train_batch_size": {"choices": [8, 16]},
         "warmup_steps": {"low": 0, "high": 0.1},
@@ -31,7 +33,7 @@ def test_a_search_space_becomes_ranges_and_choices_typed_by_the_setting():
     })
     assert problems == []
     by_name = {p.name: p for p in params}
-    assert by_name["learning_rate"] == tune.Param("learning_rate", "float", 1e-5, 1e-4, True)
+    assert by_name["learning_rate"] == space.Param("learning_rate", "float", 1e-5, 1e-4, True)
     assert by_name["per_device_train_batch_size"].choices == (8, 16)
     assert by_name["warmup_steps"].kind == "float"  # a float setting: int bounds still give floats
     assert by_name["lora_r"].kind == "int"
@@ -39,7 +41,7 @@ def test_a_search_space_becomes_ranges_and_choices_typed_by_the_setting():
 
 
 def test_every_search_space_problem_is_reported_at_once_with_the_fix():
-    _, problems = tune.parse_space({
+    _, problems = space.parse_space({
         "learnig_rate": {"low": 1e-5, "high": 1e-4},
         "output_dir": {"choices": ["a"]},
         "model": {"choices": ["a", "b"]},
@@ -70,25 +72,25 @@ def test_every_search_space_problem_is_reported_at_once_with_the_fix():
 
 
 def test_direction_follows_the_metric_unless_set():
-    assert tune.default_direction("eval_accuracy") == "maximize"
-    assert tune.default_direction("eval_f1_macro") == "maximize"
-    assert tune.default_direction("eval_bleu") == "maximize"
-    assert tune.default_direction("eval_loss") == "minimize"
-    assert tune.default_direction("eval_perplexity") == "minimize"
-    assert tune.default_direction("eval_rougeL") == "maximize"
-    assert tune.default_direction("eval_score") is None
-    assert tune.default_direction("eval_lower_is_nicer") is None  # not "wer"
-    assert tune.plan(settings(), "accuracy").direction == "maximize"
-    assert tune.plan(settings(), "loss").metric == "eval_loss"
-    assert tune.plan(settings(), "loss").direction == "minimize"
-    chosen = tune.plan(settings(tune_metric="f1_macro", tune_direction="minimize"), "accuracy")
+    assert space.default_direction("eval_accuracy") == "maximize"
+    assert space.default_direction("eval_f1_macro") == "maximize"
+    assert space.default_direction("eval_bleu") == "maximize"
+    assert space.default_direction("eval_loss") == "minimize"
+    assert space.default_direction("eval_perplexity") == "minimize"
+    assert space.default_direction("eval_rougeL") == "maximize"
+    assert space.default_direction("eval_score") is None
+    assert space.default_direction("eval_lower_is_nicer") is None  # not "wer"
+    assert space.plan(settings(), "accuracy").direction == "maximize"
+    assert space.plan(settings(), "loss").metric == "eval_loss"
+    assert space.plan(settings(), "loss").direction == "minimize"
+    chosen = space.plan(settings(tune_metric="f1_macro", tune_direction="minimize"), "accuracy")
     assert (chosen.metric, chosen.direction) == ("eval_f1_macro", "minimize")
 
 
 def test_plan_problems_come_before_any_download_all_together():
     no_eval = {k: v for k, v in BASE.items() if k != "FT_EVAL_DATA"}
     with pytest.raises(SettingsError) as info:
-        tune.plan(load_settings({**no_eval, "FT_TUNE_METRIC": "score", "FT_TUNE_SEARCH_SPACE": "{learning_rate: 1}"}, Runtime("local")), "accuracy")
+        space.plan(load_settings({**no_eval, "FT_TUNE_METRIC": "score", "FT_TUNE_SEARCH_SPACE": "{learning_rate: 1}"}, Runtime("local")), "accuracy")
     text = "\n".join(info.value.problems)
     assert len(info.value.problems) == 3, text
     assert "set FT_EVAL_DATA or FT_VALIDATION_SPLIT" in text
@@ -99,34 +101,34 @@ def test_plan_problems_come_before_any_download_all_together():
 
 
 def test_default_space_leaves_out_what_the_user_fixed():
-    assert {p.name for p in tune.plan(settings(), "accuracy").space} == set(tune.DEFAULT_SPACE)
-    fixed = tune.plan(settings(learning_rate="3e-5", max_steps="100"), "accuracy")
+    assert {p.name for p in space.plan(settings(), "accuracy").space} == set(space.DEFAULT_SPACE)
+    fixed = space.plan(settings(learning_rate="3e-5", max_steps="100"), "accuracy")
     assert {p.name for p in fixed.space} == {"weight_decay", "warmup_steps"}
     everything = plan_problems(learning_rate="3e-5", max_steps="100", weight_decay="0", warmup_steps="0")
     assert "set FT_TUNE_SEARCH_SPACE" in everything[0]
 
 
 def test_a_trial_is_the_job_with_its_values_and_no_checkpoints():
-    env = tune.trial_environ({"FT_LEARNING_RATE": "1e-3", "FT_SAVE_STEPS": "50"},
+    env = space.trial_environ({"FT_LEARNING_RATE": "1e-3", "FT_SAVE_STEPS": "50"},
                              {"learning_rate": 3.2e-05, "per_device_train_batch_size": 16, "packing": True}, keep_checkpoints=False)
     assert env == {"FT_LEARNING_RATE": "3.2e-05", "FT_SAVE_STEPS": "50", "FT_SAVE_STRATEGY": "no",
                    "FT_PER_DEVICE_TRAIN_BATCH_SIZE": "16", "FT_PACKING": "true"}
-    assert "FT_SAVE_STRATEGY" not in tune.trial_environ({}, {}, keep_checkpoints=True)
+    assert "FT_SAVE_STRATEGY" not in space.trial_environ({}, {}, keep_checkpoints=True)
     trial_settings = load_settings({**BASE, **env}, Runtime("local"))
     assert trial_settings.learning_rate == 3.2e-05 and trial_settings.packing is True
 
 
 def test_progress_counts_pruned_as_done_and_failed_as_to_run_again():
-    assert tune.progress([], 3) == (0, 3)
-    assert tune.progress(["COMPLETE", "FAIL", "PRUNED"], 3) == (2, 1)
-    assert tune.progress(["COMPLETE"] * 4, 3) == (4, 0)
+    assert space.progress([], 3) == (0, 3)
+    assert space.progress(["COMPLETE", "FAIL", "PRUNED"], 3) == (2, 1)
+    assert space.progress(["COMPLETE"] * 4, 3) == (4, 0)
 
 
 def test_a_different_search_at_the_same_place_is_refused():
     current = {"metric": "eval_loss", "direction": "minimize", "space": {"learning_rate": {"low": 1e-5, "high": 1e-4, "log": True}}}
-    assert tune.resume_problem(None, current) is None
-    assert tune.resume_problem(dict(current), current) is None
-    problem = tune.resume_problem(dict(current, metric="eval_accuracy", direction="maximize"), current)
+    assert space.resume_problem(None, current) is None
+    assert space.resume_problem(dict(current), current) is None
+    problem = space.resume_problem(dict(current, metric="eval_accuracy", direction="maximize"), current)
     assert "already holds a search of eval_accuracy (maximize)" in problem and "Use another FT_OUTPUT_URI" in problem
 
 
@@ -153,12 +155,12 @@ def open_study(tmp_path, work: str, search):
     records = tune.Records(storage.LocalStore(str(tmp_path / "checkpoints")), storage.LocalStore(str(tmp_path / "out")),
                            tmp_path / work, search)
     resumed = records.restore()
-    study = optuna.create_study(storage=records.url(), study_name=tune.STUDY_NAME, direction="maximize", load_if_exists=True)
+    study = optuna.create_study(storage=records.url(), study_name=space.STUDY_NAME, direction="maximize", load_if_exists=True)
     return records, study, resumed
 
 
 def test_an_interrupted_search_resumes_with_the_interrupted_trial_first(tmp_path):
-    search = tune.plan(settings(tune_trials="3", tune_search_space=json.dumps({"learning_rate": {"low": 1e-5, "high": 1e-4}})), "accuracy")
+    search = space.plan(settings(tune_trials="3", tune_search_space=json.dumps({"learning_rate": {"low": 1e-5, "high": 1e-4}})), "accuracy")
     output = storage.LocalStore(str(tmp_path / "out"))
 
     records, study, resumed = open_study(tmp_path, "work-1", search)
@@ -175,7 +177,7 @@ def test_an_interrupted_search_resumes_with_the_interrupted_trial_first(tmp_path
 
     records, study, resumed = open_study(tmp_path, "work-2", search)  # a new machine: only the stores survive
     assert resumed
-    done, remaining = tune.progress([t.state.name for t in study.get_trials()], search.trials)
+    done, remaining = space.progress([t.state.name for t in study.get_trials()], search.trials)
     assert (done, remaining) == (1, 2)
     again = FakeTrials(search)
     for _ in range(remaining):
@@ -198,7 +200,7 @@ def test_a_local_leftover_study_is_never_trusted(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "optuna.db").write_bytes(b"stale")
     store = storage.LocalStore(str(tmp_path / "out"))
-    records = tune.Records(store, store, tmp_path / "work", tune.plan(settings(), "accuracy"))
+    records = tune.Records(store, store, tmp_path / "work", space.plan(settings(), "accuracy"))
     assert records.restore() is False
     assert not records.path.exists()
 
@@ -206,7 +208,9 @@ def test_a_local_leftover_study_is_never_trusted(tmp_path):
 def test_bad_search_settings_fail_before_anything_is_touched(tmp_path):
     env = {**BASE, "FT_OUTPUT_URI": str(tmp_path / "out"), "FT_WORK_DIR": str(tmp_path / "work"),
            "FT_TUNE_SEARCH_SPACE": json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-5}})}
+    from entrypoint.__main__ import tune as tune_command
+
     with pytest.raises(SettingsError) as info:
-        tune.run(env, 0.0)
+        tune_command(env, 0.0)
     assert "learning_rate: low must be below high" in str(info.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()

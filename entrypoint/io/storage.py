@@ -17,8 +17,8 @@ from typing import Iterable, Iterator, Protocol
 import boto3.s3.transfer
 import botocore.exceptions
 
-from . import aws
-from .errors import UserError, WorldError
+from entrypoint.io import aws
+from entrypoint.errors import UserError, WorldError
 
 log = logging.getLogger(__name__)
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
-from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
-from . import modeling, reporting, storage
-from .checkpoints import CheckpointSync
-from .errors import FinetuneError, SettingsError, UserError
-from .settings import SEQ2SEQ_ONLY, JobSettings, trainer_overrides
+from entrypoint.job import modeling
+from entrypoint.io import storage
+from entrypoint.errors import SettingsError, UserError
+from entrypoint.config.settings import SEQ2SEQ_ONLY, JobSettings, trainer_overrides
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,14 @@ def hardware_problems(kwargs: dict, hw: Hardware) -> list[str]:
     return problems
 
 
+def arguments_for(settings: JobSettings, task, output_dir: Path) -> TrainingArguments:
+    """The TrainingArguments of `task`'s Trainer on this machine, checkpoints in `output_dir`."""
+    import torch
+
+    return training_arguments(settings, output_dir, torch.cuda.is_available(), task.seq2seq_arguments,
+                              task.metric_for_best_model)
+
+
 def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool, seq2seq: bool = False,
                        best_metric: str = "loss", hw: Hardware | None = None) -> TrainingArguments:
     """(Seq2Seq)TrainingArguments from the settings; a rejected combination is the user's error."""
@@ -86,83 +93,6 @@ def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool, seq2
         raise UserError(f"The Trainer rejected the settings: {exc}") from exc
 
 
-def extra_callbacks(settings: JobSettings) -> list[TrainerCallback]:
-    """Callbacks the settings ask for (early stopping)."""
-    if settings.early_stopping_patience:
-        return [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)]
-    return []
-
-
-class SyncTensorBoard(TrainerCallback):
-    """Points the Trainer's TensorBoard writer at `folder` and copies new or grown event files to
-    `target` (an S3 prefix or a folder, e.g. SageMaker's /opt/ml/output/tensorboard) at each
-    checkpoint, evaluation and the end of training."""
-
-    def __init__(self, folder: Path, target: str, concurrency: int = 4):
-        self.folder = folder
-        self.target = target
-        self.concurrency = concurrency
-        self._sent: dict[str, int] = {}
-
-    def attach(self, trainer: Trainer) -> None:
-        for cb in trainer.callback_handler.callbacks:
-            if type(cb).__name__ == "TensorBoardCallback":
-                cb.logging_dir = str(self.folder)
-
-    def sync(self) -> None:
-        if not self.folder.is_dir():
-            return
-        files = {p.relative_to(self.folder).as_posix(): p for p in self.folder.rglob("*") if p.is_file()}
-        changed = {k: p for k, p in files.items() if self._sent.get(k) != p.stat().st_size}
-        if changed:
-            try:
-                storage.upload_many(storage.open_store(self.target, self.concurrency), changed, self.concurrency)
-                self._sent.update({k: p.stat().st_size for k, p in changed.items()})
-            except FinetuneError:  # best effort: the next sync tries again
-                log.warning("TensorBoard sync to %s failed; will retry", self.target, exc_info=True)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.sync()
-        return control
-
-    on_evaluate = on_save
-
-    def on_train_end(self, args, state, control, **kwargs):
-        return self.on_save(args, state, control, **kwargs)
-
-
-class SyncCheckpoints(TrainerCallback):
-    """Hands every saved checkpoint to the background uploader; stops a superseded attempt."""
-
-    def __init__(self, sync: CheckpointSync | None):
-        self.sync = sync
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.sync is not None and state.is_world_process_zero:
-            best = state.best_model_checkpoint
-            best_step = int(best.rsplit("-", 1)[-1]) if best else None
-            self.sync.submit(state.global_step, Path(args.output_dir) / f"checkpoint-{state.global_step}", best_step)
-        return control
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.sync is not None and self.sync.superseded:
-            control.should_training_stop = True
-        return control
-
-
-class MetricLines(TrainerCallback):
-    """Every Trainer log entry as a `[metrics] name=value ...` line (SageMaker metric regexes)."""
-
-    def __init__(self):
-        self.first_step_logged = False
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            print(reporting.format_metrics({"step": state.global_step, **logs}), flush=True)
-        return control
-
-
 def build_trainer(task, settings, info: dict, args, model, tokenizer, train_ds, eval_ds, callbacks) -> Trainer:
     """The task's Trainer class with its collator and metrics, and our callbacks."""
     trainer_cls, extra = task.trainer(settings, info)
@@ -182,16 +112,3 @@ def build_trainer(task, settings, info: dict, args, model, tokenizer, train_ds, 
         raise UserError(f"The Trainer cannot train FT_MODEL with these settings: {exc}") from exc
     trainer.remove_callback(PrinterCallback)  # MetricLines prints the same entries, parseably
     return trainer
-
-
-class RunClock(TrainerCallback):
-    """Seconds from process start to the first optimizer step of this attempt."""
-
-    def __init__(self, started: float):
-        self.started = started
-        self.first_step_s: float | None = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.first_step_s is None:
-            self.first_step_s = time.monotonic() - self.started
-        return control

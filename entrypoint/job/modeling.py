@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from . import storage
-from .errors import UserError
+from entrypoint.io import storage
+from entrypoint.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,12 @@ import signal
 import sys
 import threading
 import traceback
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import FinetuneError, WorldError
+from entrypoint.errors import FinetuneError, WorldError
+
+if TYPE_CHECKING:  # the upload process imports boto3 only after it is tied to the job (serve)
+    from entrypoint.durability.checkpoints import Uploaded, UploadRequest
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +38,14 @@ class UploadProcess:
         self._lock = threading.Lock()
         self.alive = True
 
-    def upload(self, uri: str, concurrency: int, folder: Path, step: int, generation: int, keep_last: int,
-               best_step: int | None):
+    def upload(self, request: UploadRequest) -> Uploaded | None:
         """checkpoints.Uploaded from the upload process, its exception raised here, or None when
         the process is gone (the caller uploads itself)."""
         with self._lock:
             if not self.alive:
                 return None
             try:
-                self._conn.send((uri, concurrency, str(folder), step, generation, keep_last, best_step))
+                self._conn.send(request)
                 kind, value = self._conn.recv()
             except (EOFError, OSError):
                 self.alive = False
@@ -87,19 +89,21 @@ def die_with_parent(parent_pid: int) -> None:
 def serve(conn, parent_pid: int, level: int) -> None:
     """The upload process's loop: one request at a time until the job closes the pipe."""
     die_with_parent(parent_pid)
-    from . import checkpoints, runtime, storage
+    from entrypoint.durability import checkpoints
+    from entrypoint.config import platform as runtime
+    from entrypoint.io import storage
 
     logging.basicConfig(level=level, stream=sys.stderr, format=runtime.log_format(os.environ))
     stores: dict[tuple[str, int], tuple[storage.Store, dict]] = {}
     while True:
         try:
-            uri, concurrency, folder, step, generation, keep_last, best_step = conn.recv()
+            request = conn.recv()
         except (EOFError, OSError):
             return
-        store, manifests = stores.setdefault((uri, concurrency), (storage.open_store(uri, concurrency), {}))
+        key = (request.uri, request.concurrency)
+        store, manifests = stores.setdefault(key, (storage.open_store(request.uri, request.concurrency), {}))
         try:
-            reply = ("ok", checkpoints.upload_checkpoint(store, Path(folder), step, generation, keep_last, best_step,
-                                                         concurrency, manifests))
+            reply = ("ok", checkpoints.upload_checkpoint(store, request, manifests))
         except FinetuneError as exc:  # the world's trouble (S3 unreachable, access denied): its message says it
             reply = ("failed", str(exc))
         except Exception:  # noqa: BLE001 - the job logs it and goes on

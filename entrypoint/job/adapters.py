@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import UserError
+from entrypoint.errors import UserError
 
 log = logging.getLogger(__name__)
 

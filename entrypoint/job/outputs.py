@@ -7,7 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from . import adapters, storage
+from entrypoint.job import adapters
+from entrypoint.io import storage
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import datasets
 
-from . import storage
-from .errors import UserError
+from entrypoint.io import storage
+from entrypoint.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,14 @@
 """The job's local scratch folders under FT_WORK_DIR."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import shutil
 from pathlib import Path
+from typing import Iterator
 
-from .errors import UserError
+from entrypoint.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +33,16 @@ def prepare(work_dir: str) -> Workspace:
     return ws
 
 
-def has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+@contextlib.contextmanager
+def one_at_a_time(work_dir: str) -> Iterator[None]:
+    """A lock held by one process of this machine at a time (before the processes can talk to
+    each other): they share FT_WORK_DIR, which workspace.prepare clears."""
+    lock = Path(work_dir).expanduser().with_name(Path(work_dir).name + ".lock")
+    try:
+        handle = lock.open("w")
+    except OSError:
+        yield  # an unusable work folder: workspace.prepare reports it
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

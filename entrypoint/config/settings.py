@@ -16,14 +16,15 @@ import functools
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Optional
 
 import pydantic
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import SettingsError
-from .runtime import Runtime
+from entrypoint.errors import SettingsError
+from entrypoint.config.platform import Runtime
 
 PREFIX = "FT_"
 TASKS = ("sequence-classification", "causal-lm", "masked-lm", "seq2seq")
@@ -41,6 +42,10 @@ RESERVED = {
 SEQ2SEQ_ONLY = {"predict_with_generate", "generation_max_length", "generation_num_beams", "generation_config", "sortish_sampler"}
 # Variables under our prefix that are not settings (read by tools around the job).
 NOT_SETTINGS: set[str] = set()
+# TrainingArguments' field names as of the transformers version the image installs, for a light
+# install without transformers (`finetune submit` from CI checks setting names with it). A test
+# keeps it equal to the installed transformers; regenerate with `finetune settings --names-json`.
+TRAINING_ARGUMENT_NAMES_FILE = Path(__file__).with_name("training_argument_names.json")
 # Keys SageMaker itself may add to hyperparameters.json.
 SAGEMAKER_HYPERPARAMETER_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 
@@ -164,8 +169,26 @@ def settings_class() -> type[JobSettings]:
     return pydantic.create_model("Settings", __base__=JobSettings, __validators__=validators, **extra)
 
 
+def training_argument_names() -> set[str]:
+    """The names of the TrainingArguments fields that are settings: from the installed
+    transformers, or from the list shipped with this package where transformers is not installed."""
+    try:
+        return set(training_argument_fields())
+    except ImportError:
+        shipped = json.loads(TRAINING_ARGUMENT_NAMES_FILE.read_text())["names"]
+        return {name for name in shipped if name not in RESERVED}
+
+
+def all_training_argument_names() -> list[str]:
+    """Every init field of Seq2SeqTrainingArguments (what TRAINING_ARGUMENT_NAMES_FILE holds)."""
+    from transformers import Seq2SeqTrainingArguments
+
+    return sorted(f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init and not f.name.startswith("_"))
+
+
 def setting_names() -> set[str]:
-    return set(settings_class().model_fields)
+    """Every setting's name (lower case, without the prefix); needs no transformers."""
+    return set(JobSettings.model_fields) | training_argument_names()
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -264,10 +287,7 @@ def settings_table() -> list[tuple[str, str, str]]:
 
 def checkpoint_uri(settings: JobSettings) -> str:
     """FT_CHECKPOINT_URI, or `checkpoints/` under FT_OUTPUT_URI."""
-    if settings.checkpoint_uri:
-        return settings.checkpoint_uri
-    base = settings.output_uri
-    return (base if base.endswith("/") else base + "/") + "checkpoints/"
+    return settings.checkpoint_uri or _under(settings.output_uri, "checkpoints/")
 
 
 def tensorboard_uri(settings: JobSettings, runtime: Runtime) -> str:
@@ -275,5 +295,8 @@ def tensorboard_uri(settings: JobSettings, runtime: Runtime) -> str:
     `tensorboard/` under FT_OUTPUT_URI."""
     if runtime.sagemaker is not None:
         return str(runtime.sagemaker.tensorboard_dir)
-    base = settings.output_uri
-    return (base if base.endswith("/") else base + "/") + "tensorboard/"
+    return _under(settings.output_uri, "tensorboard/")
+
+
+def _under(base: str, name: str) -> str:
+    return (base if base.endswith("/") else base + "/") + name

@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from entrypoint.runtime import decode_hyperparameters, detect, read_platform_files
+from entrypoint.config.platform import decode_hyperparameters, detect, read_platform_files
 
 
 def test_local_by_default():

@@ -4,7 +4,8 @@ Job settings are the same FT_* names the container reads. They come from `--set 
 `--env-file FILE`, are checked here (unknown names fail with a did-you-mean before anything is
 submitted), and travel as container environment on Batch and as hyperparameters on SageMaker.
 The job id (Batch) or training job name (SageMaker) is the one line on stdout; everything else
-goes to stderr. The request builders live in submit_batch / submit_sagemaker and are pure.
+goes to stderr. The request builders live in batch.py / sagemaker.py and are pure. This package
+needs boto3 and pydantic only (the light install): it never imports the training libraries.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from entrypoint import submit_batch, submit_sagemaker
+from entrypoint.submit import batch as submit_batch
+from entrypoint.submit import sagemaker as submit_sagemaker
 from entrypoint.errors import UserError, WorldError
 
 SETTING_NAME_RE = re.compile(r"^FT_[A-Z0-9_]+$")
@@ -63,7 +65,7 @@ def read_env_file(text: str, path: str, environ: Mapping[str, str]) -> list[tupl
 def collect_settings(pairs: Iterable[tuple[str, str, str]]) -> tuple[dict[str, str], list[str]]:
     """FT_* settings from (flag, key, value) triples, later ones winning, and the problems
     found (bad or unknown names, with a did-you-mean)."""
-    from entrypoint.settings import check_setting_names  # the one list of setting names
+    from entrypoint.config.settings import check_setting_names  # the one list of setting names
 
     problems, settings = [], {}
     for flag, key, value in pairs:
@@ -232,7 +234,7 @@ def with_image(client, job_definition: str, image: str, request: dict, *, dry_ru
 
 def main(argv: list[str], environ: Mapping[str, str]) -> int:
     """`finetune submit ...`; returns 0, or raises UserError / WorldError."""
-    from entrypoint import aws
+    from entrypoint.io import aws
 
     args = _parser().parse_args(argv)
     settings, problems = _settings(args, environ)

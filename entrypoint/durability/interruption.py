@@ -12,6 +12,8 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
+from entrypoint.errors import ExitCode, Interrupted
+
 log = logging.getLogger(__name__)
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
@@ -41,6 +43,11 @@ class StopRequest:
 
     def wait(self, timeout_s: float) -> bool:
         return self._event.wait(timeout_s)
+
+    def interrupted(self) -> Interrupted:
+        """The error that ends a job stopped by this request: 130 after SIGINT, else 143."""
+        code = ExitCode.INTERRUPTED_SIGINT if self.signal == signal.SIGINT else ExitCode.INTERRUPTED
+        return Interrupted(self.reason or "another process's stop request", code)
 
 
 def install_signal_handlers(stop: StopRequest) -> None:
@@ -163,45 +170,12 @@ def check_stop(stop: StopRequest, where: str, agree: Callable[[list[bool]], list
     """Between stages: a stop requested before training started needs no checkpoint. With
     several processes (`agree`, as for StopOnRequest) they all stop here, or none does."""
     if agree([stop.is_set()])[0]:
-        from .errors import ExitCode, Interrupted
-
-        reason = stop.reason or "another process's stop request"
-        log.warning("stop requested (%s) %s: nothing to save", reason, where)
-        raise Interrupted(reason, ExitCode.INTERRUPTED_SIGINT if stop.signal == signal.SIGINT else ExitCode.INTERRUPTED)
-
-
-def accounting(stop: StopRequest, stopper: StopOnRequest, stats, first_step_s: float | None, resumed_step: int | None, generation: int) -> dict:
-    """Preemption figures of this attempt (also printed as metric lines)."""
-    stopped = stopper.stopped_at_step
-    durable = stats.durable_step
-    baseline = durable if durable is not None else (resumed_step or 0)
-    notice_to_durable = None
-    if stopped is not None and durable == stopped and stop.requested_at is not None:
-        notice_to_durable = round(stats.durable_at - stop.requested_at, 3)
-    return {
-        "attempt": generation,
-        "interruptions": 1 if stop.is_set() or stopped is not None else 0,  # or another process's request
-        "steps_lost": max(0, stopped - baseline) if stopped is not None else 0,
-        "notice_to_durable_s": notice_to_durable,
-        "start_to_first_step_s": round(first_step_s, 3) if first_step_s is not None else None,
-        "upload_mb_per_s": round(stats.mb_per_s, 2) if stats.mb_per_s else None,
-        "checkpoint_upload_failures": stats.failures,
-    }
-
-
-def run_totals(history: list[dict], generation: int, figures: dict) -> dict:
-    """Preemption figures of the whole run: this attempt plus the endings earlier ones recorded."""
-    interrupted = [h for h in history if h.get("outcome") == "interrupted"]
-    return {
-        "restarts": generation - 1,
-        "interruptions": len(interrupted) + figures["interruptions"],
-        "steps_lost": sum(int(h.get("steps_lost") or 0) for h in interrupted) + figures["steps_lost"],
-    }
+        error = stop.interrupted()
+        log.warning("stop requested (%s) %s: nothing to save", error.reason, where)
+        raise error
 
 
 def raise_interrupted(stop: StopRequest, figures: dict) -> None:
-    from .errors import ExitCode, Interrupted
-
     if figures["steps_lost"]:
         log.error("the stop checkpoint did not become durable: %d step(s) will be redone", figures["steps_lost"])
-    raise Interrupted(stop.reason or "a stop request", ExitCode.INTERRUPTED_SIGINT if stop.signal == signal.SIGINT else ExitCode.INTERRUPTED)
+    raise stop.interrupted()

@@ -1,0 +1,105 @@
+"""Checkpoints in a listing, as pure decisions: which are complete, which is the newest good one,
+which retention removes. No I/O except hashing a local file.
+
+Layout at FT_CHECKPOINT_URI:
+    _attempts/000001                          one per run attempt (fencing, see attempts.py)
+    checkpoint-000000050-g0001/...            the Trainer's checkpoint files
+    checkpoint-000000050-g0001/finetune-manifest.json   size + sha256 of every file, written last
+A checkpoint is complete only when its manifest exists and every listed file has the listed size;
+its checksums are verified after download. Anything else is skipped with a warning, never loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+from pathlib import Path
+
+MANIFEST = "finetune-manifest.json"
+NAME_RE = re.compile(r"^checkpoint-(\d+)-g(\d+)$")
+FORMAT = 1
+
+
+def store_name(step: int, generation: int) -> str:
+    return f"checkpoint-{step:09d}-g{generation:04d}"
+
+
+def local_name(step: int) -> str:
+    """The Trainer's own folder name, which resume_from_checkpoint expects."""
+    return f"checkpoint-{step}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    step: int
+    generation: int
+    files: dict[str, int]  # path relative to the checkpoint folder -> size as listed
+    manifest: dict | None
+
+    @property
+    def complete(self) -> bool:
+        if not self.manifest or self.manifest.get("format") != FORMAT:
+            return False
+        entries = self.manifest.get("files", {})
+        return bool(entries) and all(self.files.get(rel) == meta.get("size") for rel, meta in entries.items())
+
+
+def group(listing: dict[str, int]) -> dict[str, dict[str, int]]:
+    """{checkpoint folder: {relative path: size}} for the keys that belong to a checkpoint."""
+    out: dict[str, dict[str, int]] = {}
+    for key, size in listing.items():
+        folder, _, rel = key.partition("/")
+        if rel and NAME_RE.match(folder):
+            out.setdefault(folder, {})[rel] = size
+    return out
+
+
+def checkpoints_from(listing: dict[str, int], manifests: dict[str, dict | None]) -> list[Checkpoint]:
+    """Every checkpoint in a listing, newest first (by step, then attempt generation)."""
+    found = []
+    for folder, files in group(listing).items():
+        step, generation = (int(x) for x in NAME_RE.match(folder).groups())
+        found.append(Checkpoint(folder, step, generation, files, manifests.get(folder)))
+    return sorted(found, key=lambda c: (c.step, c.generation), reverse=True)
+
+
+def latest_complete(checkpoints: list[Checkpoint]) -> Checkpoint | None:
+    return next((c for c in checkpoints if c.complete), None)
+
+
+def to_delete(checkpoints: list[Checkpoint], keep_last: int, best_step: int | None) -> list[Checkpoint]:
+    """The checkpoints retention removes: complete ones beyond the newest `keep_last` (the best
+    one excepted), and incomplete leftovers older than the newest complete one. Nothing at all
+    while no checkpoint is complete."""
+    complete = [c for c in checkpoints if c.complete]
+    if not complete:
+        return []
+    keep = {c.name for c in complete[:keep_last]}
+    if best_step is not None:
+        keep |= {c.name for c in complete if c.step == best_step}
+    newest = complete[0]
+    doomed = [c for c in complete if c.name not in keep]
+    doomed += [c for c in checkpoints if not c.complete and (c.step, c.generation) < (newest.step, newest.generation)]
+    return doomed
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_manifest(folder: Path, step: int, generation: int) -> dict:
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        "format": FORMAT,
+        "step": step,
+        "generation": generation,
+        "created_unix": time.time(),
+        "files": {rel: {"size": p.stat().st_size, "sha256": sha256(p)} for rel, p in files.items()},
+    }

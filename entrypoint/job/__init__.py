@@ -1,0 +1,1 @@
+"""The training job: the recipe (recipe.py) and one module per stage."""
