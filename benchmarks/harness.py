@@ -1,5 +1,6 @@
 """The pieces the benchmarks share: a moto server, the job as a subprocess running a frozen copy of
 the package, the inputs (MiniLM and SST-2) at the local S3, and small measuring helpers."""
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,12 @@ class S3Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         exe = Path(sys.executable).parent / "moto_server"
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], preexec_fn=lambda: os.nice(nice),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+            preexec_fn=lambda: os.nice(nice),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(200):
             try:
                 urllib.request.urlopen(self.url + "/moto-api/", timeout=1)
@@ -67,8 +72,13 @@ class S3Server:
 
 
 def aws_env(url: str) -> dict[str, str]:
-    return {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 def upload_inputs(train_rows: int, tmp: Path) -> None:
@@ -97,11 +107,15 @@ def snapshot_code(ref: str | None, dest: Path) -> str:
     if ref is None:
         shutil.copytree(REPO / "entrypoint", dest / "entrypoint", ignore=shutil.ignore_patterns("__pycache__"))
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "entrypoint"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "entrypoint"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return f"{head}{' + uncommitted changes' if dirty else ''}"
     archive = subprocess.run(["git", "archive", ref, "entrypoint"], cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return subprocess.run(["git", "rev-parse", ref], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", ref], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 class Job:
@@ -115,14 +129,22 @@ class Job:
         self.started = time.monotonic()
         self._children_cpu = children_cpu_s()
         env = dict(env, PYTHONPATH=str(self.code))
-        self.proc = subprocess.Popen([sys.executable, "-m", "entrypoint", "train"], cwd=self.code, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "entrypoint", "train"],
+            cwd=self.code,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         Job.running.add(self.proc)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._on_line = on_line
-        self._pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, True), daemon=True),
-                       threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, False), daemon=True)]
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, True), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, False), daemon=True),
+        ]
         for t in self._pumps:
             t.start()
 

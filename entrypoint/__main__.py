@@ -2,6 +2,7 @@
 read top to bottom in job/recipe.py; `main()` is the only place exceptions become exit codes
 (errors.EXIT_CODES). This module imports no training library at import time: `finetune submit`
 runs from the light install (boto3 and pydantic only)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from entrypoint import errors
 from entrypoint.config import platform
@@ -59,8 +60,10 @@ def training_stack(command: str) -> Iterator[None]:
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in TRAINING_STACK:
             raise
-        raise UserError(f"{command} needs the training libraries ({exc.name} is not installed): "
-                        "pip install 'finetune[train]' (the image has them)") from exc
+        raise UserError(
+            f"{command} needs the training libraries ({exc.name} is not installed): "
+            "pip install 'finetune[train]' (the image has them)"
+        ) from exc
 
 
 def load_settings(environ: Mapping[str, str]):
@@ -90,21 +93,31 @@ def write_failure_file(environ: Mapping[str, str], message: str) -> None:
         if rt.sagemaker is not None and not rt.sagemaker.failure_file.exists():  # the first failure is the cause
             rt.sagemaker.failure_file.parent.mkdir(parents=True, exist_ok=True)
             rt.sagemaker.failure_file.write_text(message[:1024])
-    except Exception:  # noqa: BLE001 - best effort: the exit code already tells the failure
+    except Exception:
         log.debug("could not write the failure file", exc_info=True)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="finetune", description="Fine-tune Hugging Face models as spot-resilient batch jobs. Settings come from FT_* environment variables (see README).")
+    p = argparse.ArgumentParser(
+        prog="finetune",
+        description="Fine-tune Hugging Face models as spot-resilient batch jobs. Settings come from FT_* environment variables (see README).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="run the fine-tuning job (SageMaker starts containers with `train`)")
-    sub.add_parser("tune", help="Optuna search over the job's settings (FT_TUNE_*); tune.json and optuna.db at FT_OUTPUT_URI")
+    sub.add_parser(
+        "tune", help="Optuna search over the job's settings (FT_TUNE_*); tune.json and optuna.db at FT_OUTPUT_URI"
+    )
     sub.add_parser("submit", help="launch the job on AWS Batch or SageMaker (`finetune submit --help`)", add_help=False)
     codes = sub.add_parser("exit-codes", help="print the exit-code table and the AWS Batch retry rules")
     codes.add_argument("--json", action="store_true", help="as JSON")
-    listing = sub.add_parser("settings", help="print the job's own settings as a markdown table (TrainingArguments fields are settings too)")
-    listing.add_argument("--names-json", action="store_true",
-                         help="print the installed transformers' TrainingArguments names, as entrypoint/config/training_argument_names.json holds them")
+    listing = sub.add_parser(
+        "settings", help="print the job's own settings as a markdown table (TrainingArguments fields are settings too)"
+    )
+    listing.add_argument(
+        "--names-json",
+        action="store_true",
+        help="print the installed transformers' TrainingArguments names, as entrypoint/config/training_argument_names.json holds them",
+    )
     return p
 
 
@@ -141,7 +154,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         log.error("%s", exc)
         write_failure_file(environ, str(exc))
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - top boundary: anything unexpected is logged in full
+    except Exception as exc:
         log.error("unexpected error:\n%s", traceback.format_exc())
         write_failure_file(environ, f"unexpected error: {exc!r}")
         return ExitCode.UNEXPECTED
@@ -168,7 +181,9 @@ def markdown_exit_codes() -> str:
 
 def print_exit_codes(as_json: bool) -> int:
     if as_json:
-        table = [{"code": d.code, "name": d.name, "meaning": d.meaning, "retried": d.retried} for d in errors.EXIT_CODES]
+        table = [
+            {"code": d.code, "name": d.name, "meaning": d.meaning, "retried": d.retried} for d in errors.EXIT_CODES
+        ]
         print(json.dumps({"exit_codes": table, "batch_retry_rules": errors.retry_rules_json()}, indent=2))
     else:
         print(markdown_exit_codes())

@@ -1,5 +1,6 @@
 """The two families of failure and the exit-code table that the CLI, the README and the
 AWS Batch retry rules share (one source of truth; `finetune exit-codes --json` prints it)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,13 +27,38 @@ class ExitCodeDoc:
 
 EXIT_CODES: tuple[ExitCodeDoc, ...] = (
     ExitCodeDoc(0, "OK", "Training finished and the model and metrics.json are at the output location.", False),
-    ExitCodeDoc(1, "UNEXPECTED", "An unexpected error (a bug, or a failure not classified below). The traceback is logged.", False),
+    ExitCodeDoc(
+        1,
+        "UNEXPECTED",
+        "An unexpected error (a bug, or a failure not classified below). The traceback is logged.",
+        False,
+    ),
     ExitCodeDoc(2, "USAGE", "The command line was wrong (unknown subcommand or flag).", False),
-    ExitCodeDoc(64, "USER_ERROR", "The user's mistake: bad settings, missing data or columns, unreadable model. Fix the input; retrying cannot help.", False),
-    ExitCodeDoc(75, "WORLD_ERROR", "A transient fault of the world after retries (S3 unreachable or throttled, a newer attempt took over). Retrying resumes from the newest complete checkpoint.", True),
+    ExitCodeDoc(
+        64,
+        "USER_ERROR",
+        "The user's mistake: bad settings, missing data or columns, unreadable model. Fix the input; retrying cannot help.",
+        False,
+    ),
+    ExitCodeDoc(
+        75,
+        "WORLD_ERROR",
+        "A transient fault of the world after retries (S3 unreachable or throttled, a newer attempt took over). Retrying resumes from the newest complete checkpoint.",
+        True,
+    ),
     ExitCodeDoc(130, "INTERRUPTED_SIGINT", "Stopped by SIGINT (Ctrl-C) after a durable checkpoint.", False),
-    ExitCodeDoc(137, "KILLED", "Killed by SIGKILL (not set by finetune: OOM killer, or the 30 s after SIGTERM ran out). Retried only when Batch reports a spot reclamation.", False),
-    ExitCodeDoc(143, "INTERRUPTED", "Stopped by SIGTERM or a spot interruption notice after a durable checkpoint. Rerun (or let Batch/SageMaker retry) to resume.", True),
+    ExitCodeDoc(
+        137,
+        "KILLED",
+        "Killed by SIGKILL (not set by finetune: OOM killer, or the 30 s after SIGTERM ran out). Retried only when Batch reports a spot reclamation.",
+        False,
+    ),
+    ExitCodeDoc(
+        143,
+        "INTERRUPTED",
+        "Stopped by SIGTERM or a spot interruption notice after a durable checkpoint. Rerun (or let Batch/SageMaker retry) to resume.",
+        True,
+    ),
 )
 
 

@@ -3,6 +3,7 @@
 SageMaker picks metrics out of the job's log with regular expressions (MetricDefinitions); the
 regexes from `metric_definitions` match what `format_metrics` prints, and a test checks both.
 """
+
 from __future__ import annotations
 
 import math

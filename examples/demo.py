@@ -4,6 +4,7 @@ and show that it resumed and finished. No AWS account: a moto server on 127.0.0.
 
 Run with `make demo` (which installs what this needs) or `python examples/demo.py`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,7 +56,9 @@ def free_port() -> int:
 def start_s3() -> tuple[subprocess.Popen, str]:
     port = free_port()
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -95,7 +98,12 @@ def run_job(env: dict, stop_at_step: int | None) -> int:
     sent = False
     for line in proc.stdout:
         print(line, end="", flush=True)
-        if stop_at_step and not sent and line.startswith("[metrics] step=") and int(line.split()[1].split("=")[1]) >= stop_at_step:
+        if (
+            stop_at_step
+            and not sent
+            and line.startswith("[metrics] step=")
+            and int(line.split()[1].split("=")[1]) >= stop_at_step
+        ):
             print("\n>>> sending SIGTERM, as a spot interruption or `docker stop` would\n", flush=True)
             proc.send_signal(signal.SIGTERM)
             sent = True
@@ -105,15 +113,31 @@ def run_job(env: dict, stop_at_step: int | None) -> int:
 def main() -> int:
     server, url = start_s3()
     try:
-        env = dict(os.environ, AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
-                   AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", HF_HUB_OFFLINE="1",
-                   FT_WORK_DIR=tempfile.mkdtemp(prefix="finetune-demo-"), **SETTINGS)
-        os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+        env = dict(
+            os.environ,
+            AWS_ENDPOINT_URL=url,
+            AWS_ACCESS_KEY_ID="demo",
+            AWS_SECRET_ACCESS_KEY="demo",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+            HF_HUB_OFFLINE="1",
+            FT_WORK_DIR=tempfile.mkdtemp(prefix="finetune-demo-"),
+            **SETTINGS,
+        )
+        os.environ.update(
+            {
+                k: env[k]
+                for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+            }
+        )
         s3 = boto3.client("s3")
         upload_inputs(s3)
         started = time.monotonic()
         first = run_job(env, STOP_AT_STEP)
-        print(f"\n>>> first attempt exited with {first} (143 = stopped after a durable checkpoint); starting it again\n", flush=True)
+        print(
+            f"\n>>> first attempt exited with {first} (143 = stopped after a durable checkpoint); starting it again\n",
+            flush=True,
+        )
         if first != 143:
             return first or 1
         second = run_job(env, None)
@@ -123,7 +147,9 @@ def main() -> int:
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/demo/")["Contents"]]
         model_files = sorted(k.rsplit("/", 1)[1] for k in keys if k.count("/") == 2)
         print("\n==== demo result ====")
-        print(f"interrupted at step        {metrics['resumed_from_step']} (SIGTERM), resumed from it with {metrics['steps_lost']} steps lost")
+        print(
+            f"interrupted at step        {metrics['resumed_from_step']} (SIGTERM), resumed from it with {metrics['steps_lost']} steps lost"
+        )
         print(f"finished at step           {metrics['global_step']}")
         print(f"SST-2 validation accuracy  {metrics['eval_accuracy']:.4f} (macro-F1 {metrics['eval_f1_macro']:.4f})")
         print(f"model written to           {SETTINGS['FT_OUTPUT_URI']}  ({', '.join(model_files)})")

@@ -15,6 +15,7 @@ Run:
 The settings and metric regexes come from the finetune package itself (run from the repository
 root, or install it), so this script and `finetune submit sagemaker` cannot drift apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,9 +98,9 @@ def main() -> None:
         # FT_LEARNING_RATE=3e-5 -> {"learning_rate": "3e-5"}, read by the container from hyperparameters.json.
         hyperparameters=hyperparameters(settings),
         environment=dict(pair.split("=", 1) for pair in args.env),
-    ).with_metric_definitions([
-        MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in metric_definitions(STANDARD_METRICS)
-    ])
+    ).with_metric_definitions(
+        [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in metric_definitions(STANDARD_METRICS)]
+    )
 
     print(f"run {run}: checkpoints under s3://{args.bucket}/checkpoints/{run}", file=sys.stderr)
     trainer.train(

@@ -3,6 +3,7 @@
 If TEST_MOTO_ENDPOINT is set (as .ci/run does), the tests use that server; otherwise one is
 started for the session. Every test gets its own bucket, so tests never see each other's keys.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def _wait_http(url: str, timeout_s: float = 30.0) -> None:
         try:
             urllib.request.urlopen(url + "/moto-api/", timeout=2).read()
             return
-        except Exception:  # noqa: BLE001 - polling until the server answers
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -49,8 +50,9 @@ def moto_server():
     port = _free_port()
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     env = dict(os.environ, MOTO_IAM_LOAD_MANAGED_POLICIES="true")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url)

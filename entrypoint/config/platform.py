@@ -1,11 +1,12 @@
 """Which platform the job runs on (SageMaker, AWS Batch or local), as a pure function of the
 environment and the SageMaker config files. Nothing here runs at import time."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 # The sagemaker-training toolkit's name for the container contract's root; /opt/ml on SageMaker.
 # https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-algo-running-container.html
@@ -111,14 +112,20 @@ def decode_hyperparameters(raw: Mapping[str, object]) -> dict[str, object]:
 
 def detect(environ: Mapping[str, str], files: Mapping[str, str]) -> Runtime:
     """The platform, from the environment and the contents of SageMaker's config files."""
-    is_sagemaker = bool(files.get("resourceconfig.json") or environ.get("TRAINING_JOB_NAME") or environ.get("SM_TRAINING_ENV"))
+    is_sagemaker = bool(
+        files.get("resourceconfig.json") or environ.get("TRAINING_JOB_NAME") or environ.get("SM_TRAINING_ENV")
+    )
     if is_sagemaker:
         base = Path(environ.get(BASE_DIR_VARIABLE, DEFAULT_BASE_DIR))
         channels = tuple(json.loads(files["inputdataconfig.json"])) if files.get("inputdataconfig.json") else ()
         if not channels and environ.get("SM_CHANNELS"):
             channels = tuple(json.loads(environ["SM_CHANNELS"]))
         resources = json.loads(files["resourceconfig.json"]) if files.get("resourceconfig.json") else {}
-        hyper = decode_hyperparameters(json.loads(files["hyperparameters.json"])) if files.get("hyperparameters.json") else {}
+        hyper = (
+            decode_hyperparameters(json.loads(files["hyperparameters.json"]))
+            if files.get("hyperparameters.json")
+            else {}
+        )
         return Runtime(
             platform="sagemaker",
             job_id=environ.get("TRAINING_JOB_NAME"),
@@ -131,9 +138,17 @@ def detect(environ: Mapping[str, str], files: Mapping[str, str]) -> Runtime:
     if environ.get("AWS_BATCH_JOB_ID"):
         attempt = environ.get("AWS_BATCH_JOB_ATTEMPT", "1")
         # https://docs.aws.amazon.com/batch/latest/userguide/job_env_vars.html (multi-node parallel jobs)
-        nodes = {name: _int(environ.get(f"AWS_BATCH_JOB_{name.upper()}")) for name in ("num_nodes", "node_index", "main_node_index")}
-        return Runtime(platform="batch", job_id=environ["AWS_BATCH_JOB_ID"], attempt=int(attempt) if attempt.isdigit() else None,
-                       main_node_address=environ.get("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"), **nodes)
+        nodes = {
+            name: _int(environ.get(f"AWS_BATCH_JOB_{name.upper()}"))
+            for name in ("num_nodes", "node_index", "main_node_index")
+        }
+        return Runtime(
+            platform="batch",
+            job_id=environ["AWS_BATCH_JOB_ID"],
+            attempt=int(attempt) if attempt.isdigit() else None,
+            main_node_address=environ.get("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"),
+            **nodes,
+        )
     return Runtime(platform="local")
 
 

@@ -7,6 +7,7 @@ Besides the job's own settings, every `transformers.TrainingArguments` field is 
 own name (FT_LEARNING_RATE, FT_SAVE_STEPS, ...), except the few this program controls itself.
 All problems are collected and reported together, before anything is downloaded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,15 +17,16 @@ import functools
 import json
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Optional
+from typing import Any, Literal, Optional
 
 import pydantic
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from entrypoint.errors import SettingsError
 from entrypoint.config.platform import Runtime
+from entrypoint.errors import SettingsError
 
 PREFIX = "FT_"
 TASKS = ("sequence-classification", "causal-lm", "masked-lm", "seq2seq")
@@ -39,7 +41,13 @@ RESERVED = {
     "do_predict": "has no effect on the Trainer",
 }
 # Seq2SeqTrainingArguments' own fields (generation during evaluation): FT_TASK=seq2seq only.
-SEQ2SEQ_ONLY = {"predict_with_generate", "generation_max_length", "generation_num_beams", "generation_config", "sortish_sampler"}
+SEQ2SEQ_ONLY = {
+    "predict_with_generate",
+    "generation_max_length",
+    "generation_num_beams",
+    "generation_config",
+    "sortish_sampler",
+}
 # Variables under our prefix that are not settings (read by tools around the job).
 NOT_SETTINGS: set[str] = set()
 # TrainingArguments' field names as of the transformers version the image installs, for a light
@@ -55,41 +63,107 @@ class JobSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="forbid", frozen=True, validate_default=True)
 
-    model: str = Field(description="Base model: an S3 prefix or a local folder holding a `save_pretrained` model and its tokenizer.")
+    model: str = Field(
+        description="Base model: an S3 prefix or a local folder holding a `save_pretrained` model and its tokenizer."
+    )
     task: Literal[TASKS] = Field("sequence-classification", description="What to fine-tune for.")  # type: ignore[valid-type]
-    train_data: str = Field(description="Training data: a csv, jsonl/json or parquet file, or a prefix/folder of them (S3 or local).")
-    eval_data: Optional[str] = Field(None, description="Evaluation data, same forms as FT_TRAIN_DATA. Optional.")
-    validation_split: Optional[float] = Field(None, gt=0, lt=1, description="Hold out this fraction of the training data for evaluation when FT_EVAL_DATA is not given.")
+    train_data: str = Field(
+        description="Training data: a csv, jsonl/json or parquet file, or a prefix/folder of them (S3 or local)."
+    )
+    eval_data: str | None = Field(None, description="Evaluation data, same forms as FT_TRAIN_DATA. Optional.")
+    validation_split: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Hold out this fraction of the training data for evaluation when FT_EVAL_DATA is not given.",
+    )
     text_column: str = Field("text", description="Column with the input text.")
-    text_pair_column: Optional[str] = Field(None, description="Column with the second text of a pair (e.g. NLI). Optional.")
-    label_column: str = Field("label", description="Column with the label: integers, or strings mapped to ids (stored in the model config).")
-    max_length: Optional[int] = Field(None, gt=0, description="Truncate inputs to this many tokens (default: the tokenizer's limit, at most 512). Padding is dynamic, per batch.")
-    class_weights: Optional[str] = Field(None, description="sequence-classification: `auto` (inverse label frequency) or one comma-separated weight per label, for a class-weighted loss.")
+    text_pair_column: str | None = Field(
+        None, description="Column with the second text of a pair (e.g. NLI). Optional."
+    )
+    label_column: str = Field(
+        "label", description="Column with the label: integers, or strings mapped to ids (stored in the model config)."
+    )
+    max_length: int | None = Field(
+        None,
+        gt=0,
+        description="Truncate inputs to this many tokens (default: the tokenizer's limit, at most 512). Padding is dynamic, per batch.",
+    )
+    class_weights: str | None = Field(
+        None,
+        description="sequence-classification: `auto` (inverse label frequency) or one comma-separated weight per label, for a class-weighted loss.",
+    )
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: fraction of tokens masked.")
-    prompt_column: Optional[str] = Field(None, description="causal-lm instruction data: the prompt column (with FT_RESPONSE_COLUMN); the loss covers the response only.")
-    response_column: Optional[str] = Field(None, description="causal-lm instruction data: the response column.")
-    messages_column: Optional[str] = Field(None, description="causal-lm chat data: a column of [{role, content}] lists, rendered with the tokenizer's chat template; the loss covers assistant turns only.")
-    packing: bool = Field(False, description="causal-lm plain text: pack short examples into full FT_MAX_LENGTH blocks.")
+    prompt_column: str | None = Field(
+        None,
+        description="causal-lm instruction data: the prompt column (with FT_RESPONSE_COLUMN); the loss covers the response only.",
+    )
+    response_column: str | None = Field(None, description="causal-lm instruction data: the response column.")
+    messages_column: str | None = Field(
+        None,
+        description="causal-lm chat data: a column of [{role, content}] lists, rendered with the tokenizer's chat template; the loss covers assistant turns only.",
+    )
+    packing: bool = Field(
+        False, description="causal-lm plain text: pack short examples into full FT_MAX_LENGTH blocks."
+    )
     source_column: str = Field("source", description="seq2seq: the input text column.")
     target_column: str = Field("target", description="seq2seq: the output text column.")
-    lora_r: Optional[int] = Field(None, gt=0, description="LoRA rank; setting it trains LoRA adapters (peft) instead of the full model.")
-    lora_alpha: Optional[int] = Field(None, gt=0, description="LoRA alpha (default: 2 × FT_LORA_R).")
+    lora_r: int | None = Field(
+        None, gt=0, description="LoRA rank; setting it trains LoRA adapters (peft) instead of the full model."
+    )
+    lora_alpha: int | None = Field(None, gt=0, description="LoRA alpha (default: 2 × FT_LORA_R).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    lora_target_modules: Optional[list[str]] = Field(None, description="Modules that get adapters, comma-separated (default: peft's choice for the architecture, else every linear layer).")
-    load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4 bits (bitsandbytes, CUDA only); needs FT_LORA_R.")
-    merge_adapter: bool = Field(False, description="With LoRA: write the adapter merged into the base model as the output (else the adapter alone).")
-    early_stopping_patience: Optional[int] = Field(None, gt=0, description="Stop after this many evaluations without improvement of FT_METRIC_FOR_BEST_MODEL (needs FT_LOAD_BEST_MODEL_AT_END).")
+    lora_target_modules: list[str] | None = Field(
+        None,
+        description="Modules that get adapters, comma-separated (default: peft's choice for the architecture, else every linear layer).",
+    )
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: load the base model in 4 bits (bitsandbytes, CUDA only); needs FT_LORA_R."
+    )
+    merge_adapter: bool = Field(
+        False,
+        description="With LoRA: write the adapter merged into the base model as the output (else the adapter alone).",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        gt=0,
+        description="Stop after this many evaluations without improvement of FT_METRIC_FOR_BEST_MODEL (needs FT_LOAD_BEST_MODEL_AT_END).",
+    )
     tune_trials: int = Field(10, gt=0, description="`finetune tune`: number of Optuna trials.")
-    tune_metric: Optional[str] = Field(None, description="`finetune tune`: the eval metric to optimise (default: the task's, e.g. eval_accuracy; eval_loss for LM tasks).")
-    tune_direction: Optional[Literal["minimize", "maximize"]] = Field(None, description="`finetune tune`: default maximize for accuracy/F1/BLEU, minimize for losses and perplexity.")
-    tune_search_space: Optional[str] = Field(None, description='`finetune tune`: JSON {"learning_rate": {"low": 1e-5, "high": 1e-4, "log": true}, "per_device_train_batch_size": {"choices": [8, 16]}} (default: learning rate, epochs, weight decay, warmup).')
-    num_processes: Optional[int] = Field(None, gt=0, description="Training processes on this machine (default: one per visible GPU, else 1).")
-    output_uri: str = Field("finetune-output", description="Where the fine-tuned model and metrics.json go: an S3 prefix or a local folder. SageMaker: /opt/ml/model.")
-    checkpoint_uri: Optional[str] = Field(None, description="Where checkpoints are kept for resuming: an S3 prefix or a local folder. Default: `checkpoints/` under FT_OUTPUT_URI; SageMaker: /opt/ml/checkpoints.")
-    work_dir: str = Field("/tmp/finetune", description="Local scratch folder for downloads and the Trainer's own checkpoints.")
-    checkpoint_keep_last: int = Field(2, ge=1, description="Complete checkpoints kept at FT_CHECKPOINT_URI (plus the best one with FT_LOAD_BEST_MODEL_AT_END), independent of FT_SAVE_TOTAL_LIMIT.")
+    tune_metric: str | None = Field(
+        None,
+        description="`finetune tune`: the eval metric to optimise (default: the task's, e.g. eval_accuracy; eval_loss for LM tasks).",
+    )
+    tune_direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="`finetune tune`: default maximize for accuracy/F1/BLEU, minimize for losses and perplexity."
+    )
+    tune_search_space: str | None = Field(
+        None,
+        description='`finetune tune`: JSON {"learning_rate": {"low": 1e-5, "high": 1e-4, "log": true}, "per_device_train_batch_size": {"choices": [8, 16]}} (default: learning rate, epochs, weight decay, warmup).',
+    )
+    num_processes: int | None = Field(
+        None, gt=0, description="Training processes on this machine (default: one per visible GPU, else 1)."
+    )
+    output_uri: str = Field(
+        "finetune-output",
+        description="Where the fine-tuned model and metrics.json go: an S3 prefix or a local folder. SageMaker: /opt/ml/model.",
+    )
+    checkpoint_uri: str | None = Field(
+        None,
+        description="Where checkpoints are kept for resuming: an S3 prefix or a local folder. Default: `checkpoints/` under FT_OUTPUT_URI; SageMaker: /opt/ml/checkpoints.",
+    )
+    work_dir: str = Field(
+        "/tmp/finetune", description="Local scratch folder for downloads and the Trainer's own checkpoints."
+    )
+    checkpoint_keep_last: int = Field(
+        2,
+        ge=1,
+        description="Complete checkpoints kept at FT_CHECKPOINT_URI (plus the best one with FT_LOAD_BEST_MODEL_AT_END), independent of FT_SAVE_TOTAL_LIMIT.",
+    )
     transfer_concurrency: int = Field(8, ge=1, le=64, description="Parallel S3 transfers (files and multipart parts).")
-    spot_notice_poll_seconds: float = Field(5.0, gt=0, description="How often the EC2 spot interruption notice is polled (AWS Batch/EC2 only).")
+    spot_notice_poll_seconds: float = Field(
+        5.0, gt=0, description="How often the EC2 spot interruption notice is polled (AWS Batch/EC2 only)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("lora_target_modules", mode="before")
@@ -221,9 +295,11 @@ def _describe_error(err: dict, source: Mapping[str, str]) -> str:
 
 def load_settings(environ: Mapping[str, str], runtime: Runtime) -> JobSettings:
     """The validated settings, or SettingsError listing every problem found."""
-    from_env = {key[len(PREFIX):].lower(): value for key, value in environ.items() if key.startswith(PREFIX)}
+    from_env = {key[len(PREFIX) :].lower(): value for key, value in environ.items() if key.startswith(PREFIX)}
     from_env = {k: v for k, v in from_env.items() if k not in NOT_SETTINGS}
-    from_hyper = {k: v for k, v in runtime.hyperparameters.items() if not k.startswith(SAGEMAKER_HYPERPARAMETER_PREFIXES)}
+    from_hyper = {
+        k: v for k, v in runtime.hyperparameters.items() if not k.startswith(SAGEMAKER_HYPERPARAMETER_PREFIXES)
+    }
     problems = check_setting_names(from_env) + [
         p.replace(PREFIX, "hyperparameter ", 1) for p in check_setting_names(from_hyper)
     ]
@@ -231,7 +307,9 @@ def load_settings(environ: Mapping[str, str], runtime: Runtime) -> JobSettings:
     merged: dict[str, Any] = dict(runtime.platform_defaults())
     merged.update({k: v for k, v in from_hyper.items() if k in known})
     merged.update({k: v for k, v in from_env.items() if k in known})
-    merged = {k: v for k, v in merged.items() if not (isinstance(v, str) and v == "" and k not in JobSettings.model_fields)}
+    merged = {
+        k: v for k, v in merged.items() if not (isinstance(v, str) and v == "" and k not in JobSettings.model_fields)
+    }
     settings = None
     try:
         settings = settings_class()(**merged)
@@ -250,30 +328,50 @@ def cross_checks(settings: JobSettings, runtime: Runtime) -> list[str]:
     if settings.eval_data and settings.validation_split:
         problems.append("FT_VALIDATION_SPLIT and FT_EVAL_DATA are both set: give one of them.")
     if runtime.platform == "batch" and not settings.output_uri.startswith("s3://"):
-        problems.append(f"FT_OUTPUT_URI must be an s3:// URI on AWS Batch (got {settings.output_uri!r}): the container's disk is lost when the job ends.")
+        problems.append(
+            f"FT_OUTPUT_URI must be an s3:// URI on AWS Batch (got {settings.output_uri!r}): the container's disk is lost when the job ends."
+        )
     ta = trainer_overrides(settings)
-    lora_only = [name for name in ("lora_alpha", "lora_target_modules", "load_in_4bit", "merge_adapter")
-                 if name in settings.model_fields_set and getattr(settings, name)]
+    lora_only = [
+        name
+        for name in ("lora_alpha", "lora_target_modules", "load_in_4bit", "merge_adapter")
+        if name in settings.model_fields_set and getattr(settings, name)
+    ]
     if lora_only and settings.lora_r is None:
         problems.append(f"{', '.join(PREFIX + n.upper() for n in lora_only)} need LoRA: set FT_LORA_R (e.g. 16).")
     if settings.class_weights and settings.task != "sequence-classification":
         problems.append("FT_CLASS_WEIGHTS applies to FT_TASK=sequence-classification only.")
     if settings.task == "causal-lm" and bool(settings.prompt_column) != bool(settings.response_column):
-        problems.append("FT_PROMPT_COLUMN and FT_RESPONSE_COLUMN go together: set both (instruction data) or neither (plain text).")
+        problems.append(
+            "FT_PROMPT_COLUMN and FT_RESPONSE_COLUMN go together: set both (instruction data) or neither (plain text)."
+        )
     if settings.early_stopping_patience and not ta.get("load_best_model_at_end"):
-        problems.append("FT_EARLY_STOPPING_PATIENCE needs FT_LOAD_BEST_MODEL_AT_END=true (and FT_EVAL_STRATEGY with evaluation data).")
-    if ta.get("load_best_model_at_end") and (ta.get("eval_strategy") in (None, "no")) and not (settings.eval_data or settings.validation_split):
-        problems.append("FT_LOAD_BEST_MODEL_AT_END needs evaluation: set FT_EVAL_DATA or FT_VALIDATION_SPLIT, and FT_EVAL_STRATEGY.")
+        problems.append(
+            "FT_EARLY_STOPPING_PATIENCE needs FT_LOAD_BEST_MODEL_AT_END=true (and FT_EVAL_STRATEGY with evaluation data)."
+        )
+    if (
+        ta.get("load_best_model_at_end")
+        and (ta.get("eval_strategy") in (None, "no"))
+        and not (settings.eval_data or settings.validation_split)
+    ):
+        problems.append(
+            "FT_LOAD_BEST_MODEL_AT_END needs evaluation: set FT_EVAL_DATA or FT_VALIDATION_SPLIT, and FT_EVAL_STRATEGY."
+        )
     if (ta.get("eval_strategy") not in (None, "no")) and not (settings.eval_data or settings.validation_split):
-        problems.append(f"FT_EVAL_STRATEGY={ta['eval_strategy']} needs evaluation data: set FT_EVAL_DATA or FT_VALIDATION_SPLIT.")
+        problems.append(
+            f"FT_EVAL_STRATEGY={ta['eval_strategy']} needs evaluation data: set FT_EVAL_DATA or FT_VALIDATION_SPLIT."
+        )
     return problems
 
 
 def trainer_overrides(settings: JobSettings) -> dict[str, Any]:
     """The TrainingArguments the user set explicitly (None means keep the Trainer's default)."""
     names = training_argument_fields()
-    return {name: getattr(settings, name) for name in names
-            if name not in JobSettings.model_fields and getattr(settings, name, None) is not None}
+    return {
+        name: getattr(settings, name)
+        for name in names
+        if name not in JobSettings.model_fields and getattr(settings, name, None) is not None
+    }
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from entrypoint.durability.interruption import StopOnRequest, StopRequest
 
 
-def accounting(stop: StopRequest, stopper: StopOnRequest, stats, first_step_s: float | None, resumed_step: int | None, generation: int) -> dict:
+def accounting(
+    stop: StopRequest,
+    stopper: StopOnRequest,
+    stats,
+    first_step_s: float | None,
+    resumed_step: int | None,
+    generation: int,
+) -> dict:
     """Preemption figures of this attempt (also printed as metric lines)."""
     stopped = stopper.stopped_at_step
     durable = stats.durable_step

@@ -16,7 +16,7 @@ ATTEMPTS = "_attempts/"
 def claim_generation(store: storage.Store, label: str) -> int:
     """A number no earlier attempt of this job used. A newer number at the store means this
     attempt is stale (a zombie still running after a restart) and must stop writing."""
-    taken = [int(k[len(ATTEMPTS):]) for k in store.list(ATTEMPTS) if k[len(ATTEMPTS):].isdigit()]
+    taken = [int(k[len(ATTEMPTS) :]) for k in store.list(ATTEMPTS) if k[len(ATTEMPTS) :].isdigit()]
     generation = max(taken, default=0) + 1
     payload = json.dumps({"label": label, "pid": os.getpid(), "started_unix": time.time()}).encode()
     while not store.write_bytes(f"{ATTEMPTS}{generation:06d}", payload, if_absent=True):
@@ -25,7 +25,7 @@ def claim_generation(store: storage.Store, label: str) -> int:
 
 
 def newest_generation(store: storage.Store) -> int:
-    return max((int(k[len(ATTEMPTS):]) for k in store.list(ATTEMPTS) if k[len(ATTEMPTS):].isdigit()), default=0)
+    return max((int(k[len(ATTEMPTS) :]) for k in store.list(ATTEMPTS) if k[len(ATTEMPTS) :].isdigit()), default=0)
 
 
 def record_attempt_end(store: storage.Store, generation: int, outcome: str, figures: dict) -> None:

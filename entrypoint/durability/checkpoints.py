@@ -9,11 +9,21 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from entrypoint.durability.attempts import newest_generation
-from entrypoint.durability.manifests import FORMAT, MANIFEST, Checkpoint, checkpoints_from, group, local_name, sha256, store_name, to_delete
+from entrypoint.durability.manifests import (
+    FORMAT,
+    MANIFEST,
+    Checkpoint,
+    checkpoints_from,
+    group,
+    local_name,
+    sha256,
+    store_name,
+    to_delete,
+)
 from entrypoint.io import storage
 
 log = logging.getLogger(__name__)
@@ -48,7 +58,9 @@ def upload_hashed(store: storage.Store, folder: Path, name: str, step: int, gene
     return {"format": FORMAT, "step": step, "generation": generation, "created_unix": time.time(), "files": entries}
 
 
-def read_manifests(store: storage.Store, folders: Iterable[str], cache: dict[str, dict | None]) -> dict[str, dict | None]:
+def read_manifests(
+    store: storage.Store, folders: Iterable[str], cache: dict[str, dict | None]
+) -> dict[str, dict | None]:
     """The parsed manifest of each folder that lists one (manifests never change once written)."""
     for folder in folders:
         if folder not in cache:
@@ -82,7 +94,9 @@ def restore(store: storage.Store, scratch: Path, concurrency: int = 8) -> tuple[
     checkpoints = scan(store)
     for cp in checkpoints:
         if not cp.complete:
-            log.warning("skipping checkpoint %s: incomplete (no manifest, or files missing or of the wrong size)", cp.name)
+            log.warning(
+                "skipping checkpoint %s: incomplete (no manifest, or files missing or of the wrong size)", cp.name
+            )
             continue
         folder = scratch / local_name(cp.step)
         shutil.rmtree(folder, ignore_errors=True)
@@ -120,8 +134,13 @@ class Uploaded:
 def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[str, dict | None]) -> Uploaded:
     """Upload one checkpoint, commit it with its manifest unless a newer attempt took over the
     store, then apply retention (a failed retention is retried after the next checkpoint)."""
-    folder, step, generation, keep_last, best_step = (request.folder, request.step, request.generation,
-                                                      request.keep_last, request.best_step)
+    folder, step, generation, keep_last, best_step = (
+        request.folder,
+        request.step,
+        request.generation,
+        request.keep_last,
+        request.best_step,
+    )
     concurrency = request.concurrency
     started = time.monotonic()
     name = store_name(step, generation)
@@ -136,6 +155,6 @@ def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[
         doomed = to_delete(scan(store, cache), keep_last, best_step)
         delete_checkpoints(store, doomed)
         removed = tuple(c.name for c in doomed)
-    except Exception:  # noqa: BLE001 - the checkpoint is durable; old ones go next time
+    except Exception:
         log.warning("retention after checkpoint %d failed; it is retried after the next one", step, exc_info=True)
     return Uploaded(step, size, durable_at - started, durable_at, removed)

@@ -1,5 +1,6 @@
 """Stop requests: SIGTERM/SIGINT and the EC2 spot interruption notice only raise a flag; the
 Trainer callback acts on it at the next optimizer-step boundary (save, then stop)."""
+
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from transformers import TrainerCallback
 
@@ -82,8 +83,11 @@ class SpotNoticePoller(threading.Thread):
         self._done.set()
 
     def _fetch_token(self) -> str:
-        req = urllib.request.Request(f"{self.endpoint}/latest/api/token", method="PUT",
-                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL_S)})
+        req = urllib.request.Request(
+            f"{self.endpoint}/latest/api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL_S)},
+        )
         with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
             return resp.read().decode()
 
@@ -91,8 +95,9 @@ class SpotNoticePoller(threading.Thread):
         """The notice body if an interruption is scheduled, else None."""
         if self._token is None or time.monotonic() - self._token_at > IMDS_TOKEN_TTL_S / 2:
             self._token, self._token_at = self._fetch_token(), time.monotonic()
-        req = urllib.request.Request(f"{self.endpoint}/latest/meta-data/spot/instance-action",
-                                     headers={"X-aws-ec2-metadata-token": self._token})
+        req = urllib.request.Request(
+            f"{self.endpoint}/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": self._token}
+        )
         try:
             with urllib.request.urlopen(req, timeout=IMDS_TIMEOUT_S) as resp:
                 return resp.read().decode()

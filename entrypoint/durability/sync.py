@@ -54,8 +54,9 @@ class CheckpointSync:
     runs only after a newer checkpoint is complete.
     """
 
-    def __init__(self, store: storage.Store, staging: Path, generation: int, keep_last: int, concurrency: int = 8,
-                 uploader=None):
+    def __init__(
+        self, store: storage.Store, staging: Path, generation: int, keep_last: int, concurrency: int = 8, uploader=None
+    ):
         self.store = store
         self.staging = staging
         self.generation = generation
@@ -109,10 +110,14 @@ class CheckpointSync:
                 shutil.rmtree(dest, ignore_errors=True)
             try:
                 self._upload(*newest)
-            except Exception as exc:  # noqa: BLE001 - background work: log, keep training, try the next one
+            except Exception as exc:
                 self.stats.failures += 1
-                log.error("upload of checkpoint %d failed (%s); training goes on and the next checkpoint will be tried",
-                          newest[0], exc, exc_info=not isinstance(exc, FinetuneError))
+                log.error(
+                    "upload of checkpoint %d failed (%s); training goes on and the next checkpoint will be tried",
+                    newest[0],
+                    exc,
+                    exc_info=not isinstance(exc, FinetuneError),
+                )
             finally:
                 shutil.rmtree(newest[1], ignore_errors=True)
                 with self._lock:
@@ -122,7 +127,9 @@ class CheckpointSync:
     def _upload(self, step: int, folder: Path, best_step: int | None) -> None:
         if self.superseded:
             return
-        request = UploadRequest(self.store.uri, self.concurrency, folder, step, self.generation, self.keep_last, best_step)
+        request = UploadRequest(
+            self.store.uri, self.concurrency, folder, step, self.generation, self.keep_last, best_step
+        )
         done = self._worker.upload(request) if self._worker is not None else None
         if done is None:  # no upload process, or it died: upload from here
             done = upload_checkpoint(self.store, request, self._manifests)
@@ -134,7 +141,13 @@ class CheckpointSync:
         self.stats.seconds += done.seconds
         self.stats.durable_step = step
         self.stats.durable_at = done.durable_at
-        log.info("checkpoint %d durable at %s%s (%.1f MB in %.1f s)", step, self.store.uri, store_name(step, self.generation),
-                 done.bytes / 1e6, done.seconds)
+        log.info(
+            "checkpoint %d durable at %s%s (%.1f MB in %.1f s)",
+            step,
+            self.store.uri,
+            store_name(step, self.generation),
+            done.bytes / 1e6,
+            done.seconds,
+        )
         if done.removed:
             log.info("retention removed %s", ", ".join(done.removed))

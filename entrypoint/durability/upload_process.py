@@ -7,6 +7,7 @@ ignores SIGINT (a Ctrl-C reaches the whole process group; the job decides how to
 with the job on Linux (PR_SET_PDEATHSIG), so a `kill -9` of the job leaves no uploader behind.
 If it dies, CheckpointSync uploads from its own thread instead.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -50,8 +51,10 @@ class UploadProcess:
             except (EOFError, OSError):
                 self.alive = False
                 self.process.join(5)
-                log.warning("the upload process exited (code %s); uploads continue from the training process",
-                            self.process.exitcode)
+                log.warning(
+                    "the upload process exited (code %s); uploads continue from the training process",
+                    self.process.exitcode,
+                )
                 return None
         if kind == "failed":
             raise WorldError(value)
@@ -89,8 +92,8 @@ def die_with_parent(parent_pid: int) -> None:
 def serve(conn, parent_pid: int, level: int) -> None:
     """The upload process's loop: one request at a time until the job closes the pipe."""
     die_with_parent(parent_pid)
-    from entrypoint.durability import checkpoints
     from entrypoint.config import platform as runtime
+    from entrypoint.durability import checkpoints
     from entrypoint.io import storage
 
     logging.basicConfig(level=level, stream=sys.stderr, format=runtime.log_format(os.environ))
@@ -106,6 +109,6 @@ def serve(conn, parent_pid: int, level: int) -> None:
             reply = ("ok", checkpoints.upload_checkpoint(store, request, manifests))
         except FinetuneError as exc:  # the world's trouble (S3 unreachable, access denied): its message says it
             reply = ("failed", str(exc))
-        except Exception:  # noqa: BLE001 - the job logs it and goes on
+        except Exception:
             reply = ("failed", f"unexpected error in the upload process:\n{traceback.format_exc()}")
         conn.send(reply)

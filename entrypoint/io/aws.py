@@ -4,6 +4,7 @@ boto3 itself honours the standard `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVIC
 (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html), so tests point the
 whole program at a local S3 server by setting them; nothing here is patched.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ MAX_POOL_CONNECTIONS = 32
 _lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _session() -> boto3.session.Session:
     return boto3.session.Session()
 
@@ -40,8 +41,9 @@ def client(service: str, region: str | None = None):
             "mode": chain.get_config_variable("retry_mode") if _configured(chain, "retry_mode") else RETRY_MODE,
             "total_max_attempts": int(chain.get_config_variable("max_attempts") or MAX_ATTEMPTS),
         }
-        config = botocore.config.Config(retries=retries, max_pool_connections=MAX_POOL_CONNECTIONS,
-                                        connect_timeout=10, read_timeout=60)
+        config = botocore.config.Config(
+            retries=retries, max_pool_connections=MAX_POOL_CONNECTIONS, connect_timeout=10, read_timeout=60
+        )
         return session.client(service, region_name=region or session.region_name or "us-east-1", config=config)
 
 

@@ -4,6 +4,7 @@ S3 goes through `aws.client` (standard endpoint variables, botocore retries) and
 multipart, multi-threaded transfers. A local folder behaves the same, with atomic writes, so a
 local run, SageMaker's synced /opt/ml/checkpoints and an S3 prefix share all the code above.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -11,14 +12,15 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 import boto3.s3.transfer
 import botocore.exceptions
 
-from entrypoint.io import aws
 from entrypoint.errors import UserError, WorldError
+from entrypoint.io import aws
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def is_s3(uri: str) -> bool:
 
 def split_s3(uri: str) -> tuple[str, str]:
     """('bucket', 'key/prefix') of an s3:// URI."""
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise UserError(f"{uri!r} is not a valid S3 URI: expected s3://bucket/prefix.")
@@ -64,7 +66,9 @@ def s3_errors(uri: str, action: str) -> Iterator[None]:
     except botocore.exceptions.ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in USER_ERROR_CODES:
-            raise UserError(f"Cannot {action} {uri}: {code}. Check the URI and that the job's role may access it.") from exc
+            raise UserError(
+                f"Cannot {action} {uri}: {code}. Check the URI and that the job's role may access it."
+            ) from exc
         raise WorldError(f"Cannot {action} {uri}: {exc}") from exc
     except (botocore.exceptions.BotoCoreError, boto3.exceptions.S3UploadFailedError, OSError) as exc:
         raise WorldError(f"Cannot {action} {uri}: {exc}") from exc
@@ -98,10 +102,12 @@ class S3Store:
     def list(self, prefix: str = "") -> dict[str, int]:
         out = {}
         with s3_errors(self.uri + prefix, "list"):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    out[obj["Key"][len(self.prefix):]] = obj["Size"]
+                    out[obj["Key"][len(self.prefix) :]] = obj["Size"]
         return out
 
     def read_bytes(self, key: str) -> bytes | None:
@@ -120,7 +126,11 @@ class S3Store:
                 self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **extra)
         except WorldError as exc:
             cause = exc.__cause__
-            if if_absent and isinstance(cause, botocore.exceptions.ClientError) and cause.response["Error"].get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if (
+                if_absent
+                and isinstance(cause, botocore.exceptions.ClientError)
+                and cause.response["Error"].get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict")
+            ):
                 return False
             raise
         return True
@@ -139,7 +149,7 @@ class S3Store:
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": self.prefix + k} for k in keys[start:start + 1000]]
+            batch = [{"Key": self.prefix + k} for k in keys[start : start + 1000]]
             with s3_errors(self.uri, "delete from"):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
@@ -211,7 +221,7 @@ def open_store(uri: str, concurrency: int = 8) -> Store:
 
 def download_many(store: Store, keys: Iterable[str], dest: Path, strip: str = "", concurrency: int = 8) -> list[Path]:
     """Download `keys` (each minus the leading `strip`) under `dest`, several at a time."""
-    jobs = [(key, safe_destination(dest, key[len(strip):])) for key in keys]
+    jobs = [(key, safe_destination(dest, key[len(strip) :])) for key in keys]
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(lambda job: store.download_file(*job), jobs))
     return [path for _, path in jobs]

@@ -3,6 +3,7 @@
 
 The Trainer saves a PeftModel's checkpoints as the adapter alone (plus optimizer state) and loads
 them back on resume, so resuming needs nothing more here."""
+
 from __future__ import annotations
 
 import logging
@@ -52,10 +53,14 @@ def apply(model, settings):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     # transformers 5 renames gradient_checkpointing to activation_checkpointing; either may be set.
-    gradient_checkpointing = bool(getattr(settings, "gradient_checkpointing", None) or getattr(settings, "activation_checkpointing", None))
+    gradient_checkpointing = bool(
+        getattr(settings, "gradient_checkpointing", None) or getattr(settings, "activation_checkpointing", None)
+    )
     if settings.load_in_4bit:
         if not getattr(model, "is_loaded_in_4bit", False):
-            raise UserError("FT_LOAD_IN_4BIT is set but the model was not loaded in 4 bits (QLoRA needs a CUDA GPU and bitsandbytes).")
+            raise UserError(
+                "FT_LOAD_IN_4BIT is set but the model was not loaded in 4 bits (QLoRA needs a CUDA GPU and bitsandbytes)."
+            )
         # Casts norms to fp32 and, with gradient checkpointing, lets gradients reach the adapters.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
@@ -66,14 +71,24 @@ def apply(model, settings):
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
-        raise UserError(f"FT_LORA_TARGET_MODULES: peft cannot put adapters on {config.target_modules!r} of this "
-                        f"{model_type} model ({exc}). Name its linear layers (e.g. q_proj,v_proj), or unset it.") from exc
+        raise UserError(
+            f"FT_LORA_TARGET_MODULES: peft cannot put adapters on {config.target_modules!r} of this "
+            f"{model_type} model ({exc}). Name its linear layers (e.g. q_proj,v_proj), or unset it."
+        ) from exc
     # Recorded in adapter_config.json: the model the adapter belongs to, not our scratch folder.
     peft_model.peft_config["default"].base_model_name_or_path = settings.model
     trainable, total = peft_model.get_nb_trainable_parameters()
     kinds = sorted({name.rsplit(".", 1)[-1] for name in peft_model.peft_config["default"].target_modules})
-    log.info("LoRA r=%d alpha=%d dropout=%g on %s: %s of %s parameters train (%.2f%%)", config.r, config.lora_alpha,
-             config.lora_dropout, ",".join(kinds), f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    log.info(
+        "LoRA r=%d alpha=%d dropout=%g on %s: %s of %s parameters train (%.2f%%)",
+        config.r,
+        config.lora_alpha,
+        config.lora_dropout,
+        ",".join(kinds),
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )
     return peft_model
 
 

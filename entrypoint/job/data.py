@@ -1,5 +1,6 @@
 """Training and evaluation data: csv, jsonl/json or parquet, one file or a folder/prefix of them,
 from S3 or local disk, loaded with `datasets`, with the columns the task needs checked."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import datasets
 
-from entrypoint.io import storage
 from entrypoint.errors import UserError
+from entrypoint.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,14 @@ class Splits:
 
 def data_files(path: Path, setting: str) -> tuple[str, list[str]]:
     """The `datasets` builder name and the files for a file or a folder."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    )
     usable = [p for p in files if p.suffix.lower() in FORMATS]
     if not usable:
-        raise UserError(f"{setting}: no csv, jsonl, json or parquet file at {path}. Point {setting} at such a file or a folder of them.")
+        raise UserError(
+            f"{setting}: no csv, jsonl, json or parquet file at {path}. Point {setting} at such a file or a folder of them."
+        )
     kinds = {FORMATS[p.suffix.lower()] for p in usable}
     if len(kinds) > 1:
         raise UserError(f"{setting}: {path} mixes formats ({', '.join(sorted(kinds))}). Keep one format per data set.")
@@ -41,7 +46,7 @@ def load_table(uri: str, setting: str, work_dir: Path, concurrency: int) -> data
     builder, files = data_files(local, setting)
     try:
         ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=str(work_dir / "hf-datasets"))
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a problem with the user's file
+    except Exception as exc:
         raise UserError(f"{setting}: cannot read {uri} as {builder}: {exc}") from exc
     if len(ds) == 0:
         raise UserError(f"{setting}: {uri} holds no rows.")
@@ -69,6 +74,8 @@ def load_splits(settings, work_dir: Path, columns: dict[str, str | None]) -> Spl
         require_columns(evaluation, columns, "FT_EVAL_DATA")
         return Splits(train, evaluation, held_out=False)
     if settings.validation_split:
-        parts = train.train_test_split(test_size=settings.validation_split, seed=settings.seed if settings.seed is not None else 42)
+        parts = train.train_test_split(
+            test_size=settings.validation_split, seed=settings.seed if settings.seed is not None else 42
+        )
         return Splits(parts["train"], parts["test"], held_out=True)
     return Splits(train, None, held_out=False)

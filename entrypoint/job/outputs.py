@@ -1,5 +1,6 @@
 """The job's result at FT_OUTPUT_URI: a loadable model folder at its root and metrics.json,
 written last (its presence means the model next to it is complete)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from entrypoint.job import adapters
 from entrypoint.io import storage
+from entrypoint.job import adapters
 
 log = logging.getLogger(__name__)
 

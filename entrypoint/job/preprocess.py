@@ -1,5 +1,6 @@
 """Tokenization helpers shared by the tasks: truncation to FT_MAX_LENGTH and no padding here (the
 collators pad each batch to its own longest example, which keeps short-text batches cheap)."""
+
 from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase

@@ -11,8 +11,9 @@ and `agree` (a flag set on any process is set on all). With one process they are
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from entrypoint import reporting, tasks
 from entrypoint.config import settings as config
@@ -66,8 +67,9 @@ class TrainingJob:
     def setup_signals(self) -> None:
         """SIGTERM/SIGINT and the spot notice raise a flag; callbacks act on it at step boundaries."""
         interruption.install_signal_handlers(self.stop)
-        self.poller = interruption.start_spot_poller(self.stop, self.environ, self.runtime,
-                                                     self.settings.spot_notice_poll_seconds)
+        self.poller = interruption.start_spot_poller(
+            self.stop, self.environ, self.runtime, self.settings.spot_notice_poll_seconds
+        )
 
     def setup_workspace(self) -> None:
         with workspace.one_at_a_time(self.settings.work_dir):  # this machine's processes share FT_WORK_DIR
@@ -81,18 +83,21 @@ class TrainingJob:
         self.generation = on_main(attempts.claim_generation, self.store, self.runtime.describe())
 
     def _setup_restore(self) -> None:
-        restored = on_local_main(checkpoints.restore, self.store, self.work.checkpoints,
-                                 self.settings.transfer_concurrency)
+        restored = on_local_main(
+            checkpoints.restore, self.store, self.work.checkpoints, self.settings.transfer_concurrency
+        )
         self.resumed_step, self.resumed_dir = restored or (None, None)
 
     def setup_data(self) -> None:
         settings, task = self.settings, self.task
-        self.prepared = in_turn(lambda: task.prepare(data.load_splits(settings, self.work.root, task.columns(settings)),
-                                                     settings))
+        self.prepared = in_turn(
+            lambda: task.prepare(data.load_splits(settings, self.work.root, task.columns(settings)), settings)
+        )
 
     def setup_model_files(self) -> None:
-        self.model_dir = on_local_main(modeling.fetch_model, self.settings.model, self.work.root,
-                                       self.settings.transfer_concurrency)
+        self.model_dir = on_local_main(
+            modeling.fetch_model, self.settings.model, self.work.root, self.settings.transfer_concurrency
+        )
         self.tokenizer = modeling.load_tokenizer(self.model_dir, self.settings.model)
 
     def _setup_model(self) -> None:
@@ -107,17 +112,38 @@ class TrainingJob:
     def train(self) -> None:
         settings = self.settings
         if is_main():  # world rank 0 alone writes to the checkpoint location
-            self.sync = CheckpointSync(self.store, self.work.staging, self.generation, settings.checkpoint_keep_last,
-                                       settings.transfer_concurrency, uploader=upload_process.start())
+            self.sync = CheckpointSync(
+                self.store,
+                self.work.staging,
+                self.generation,
+                settings.checkpoint_keep_last,
+                settings.transfer_concurrency,
+                uploader=upload_process.start(),
+            )
         self.stopper = interruption.StopOnRequest(self.stop, agree)
         self.clock = callbacks.RunClock(self.started)
-        tensorboard = callbacks.SyncTensorBoard(self.work.root / "tensorboard",
-                                                config.tensorboard_uri(settings, self.runtime))
-        self.trainer = training.build_trainer(self.task, settings, self.prepared.info, self.args, self.model,
-                                              self.tokenizer, self.train_ds, self.eval_ds, [
-                                                  callbacks.AllSaved(), callbacks.SyncCheckpoints(self.sync),
-                                                  self.stopper, callbacks.MetricLines(), self.clock, tensorboard,
-                                                  *callbacks.extra_callbacks(settings)])
+        tensorboard = callbacks.SyncTensorBoard(
+            self.work.root / "tensorboard", config.tensorboard_uri(settings, self.runtime)
+        )
+        self.trainer = training.build_trainer(
+            self.task,
+            settings,
+            self.prepared.info,
+            self.args,
+            self.model,
+            self.tokenizer,
+            self.train_ds,
+            self.eval_ds,
+            [
+                callbacks.AllSaved(),
+                callbacks.SyncCheckpoints(self.sync),
+                self.stopper,
+                callbacks.MetricLines(),
+                self.clock,
+                tensorboard,
+                *callbacks.extra_callbacks(settings),
+            ],
+        )
         tensorboard.attach(self.trainer)
         self.trainer.train(resume_from_checkpoint=str(self.resumed_dir) if self.resumed_dir else None)
 
@@ -135,8 +161,12 @@ class TrainingJob:
             return metrics
         step = self.trainer.state.global_step
         totals = accounting.run_totals(attempts.attempt_history(self.store), self.generation, figures)
-        metrics.update(global_step=step, resumed_from_step=self.resumed_step, **figures,
-                       **{f"run_{k}": v for k, v in totals.items()})
+        metrics.update(
+            global_step=step,
+            resumed_from_step=self.resumed_step,
+            **figures,
+            **{f"run_{k}": v for k, v in totals.items()},
+        )
         print(reporting.format_metrics(metrics), flush=True)
         where = outputs.publish(saved, metrics, self.settings.output_uri, self.settings.transfer_concurrency)
         log.info("done: step %d, model and metrics.json at %s", step, where)
@@ -148,8 +178,9 @@ class TrainingJob:
         assert self.sync is not None  # the main process always has one
         self.sync.wait()
         self.sync.close()
-        figures = accounting.accounting(self.stop, self.stopper, self.sync.stats, self.clock.first_step_s,
-                                        self.resumed_step, self.generation)
+        figures = accounting.accounting(
+            self.stop, self.stopper, self.sync.stats, self.clock.first_step_s, self.resumed_step, self.generation
+        )
         print(reporting.format_metrics(figures), flush=True)
         if self.sync.superseded:
             raise WorldError(f"a newer attempt of this job took over {self.store.uri}; this attempt stopped")

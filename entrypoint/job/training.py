@@ -1,5 +1,6 @@
 """The Trainer: arguments from the settings, metrics, and the callbacks that connect it to
 checkpoint sync, stop requests and the metric log lines."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +9,10 @@ from pathlib import Path
 
 from transformers import PrinterCallback, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
-from entrypoint.job import modeling
-from entrypoint.io import storage
-from entrypoint.errors import SettingsError, UserError
 from entrypoint.config.settings import SEQ2SEQ_ONLY, JobSettings, trainer_overrides
+from entrypoint.errors import SettingsError, UserError
+from entrypoint.io import storage
+from entrypoint.job import modeling
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Hardware:
     packages: frozenset[str]  # optional packages importable here
 
     @classmethod
-    def here(cls) -> "Hardware":
+    def here(cls) -> Hardware:
         import importlib.util
 
         import torch
@@ -45,7 +46,9 @@ def hardware_problems(kwargs: dict, hw: Hardware) -> list[str]:
         problems.append("FT_FP16=true needs a CUDA GPU; on CPU leave it unset (fp32) or set FT_BF16=true.")
     optim = str(kwargs.get("optim") or "")
     if any(word in optim for word in ("8bit", "bnb", "paged")) and not (hw.cuda and "bitsandbytes" in hw.packages):
-        problems.append(f"FT_OPTIM={optim} needs a CUDA GPU and the bitsandbytes package; use adamw_torch or adafactor here.")
+        problems.append(
+            f"FT_OPTIM={optim} needs a CUDA GPU and the bitsandbytes package; use adamw_torch or adafactor here."
+        )
     if str(kwargs.get("ddp_backend") or "") == "nccl" and not hw.cuda:
         problems.append("FT_DDP_BACKEND=nccl needs CUDA GPUs; use gloo on CPU.")
     if kwargs.get("deepspeed") and "deepspeed" not in hw.packages:
@@ -60,12 +63,19 @@ def arguments_for(settings: JobSettings, task, output_dir: Path) -> TrainingArgu
     """The TrainingArguments of `task`'s Trainer on this machine, checkpoints in `output_dir`."""
     import torch
 
-    return training_arguments(settings, output_dir, torch.cuda.is_available(), task.seq2seq_arguments,
-                              task.metric_for_best_model)
+    return training_arguments(
+        settings, output_dir, torch.cuda.is_available(), task.seq2seq_arguments, task.metric_for_best_model
+    )
 
 
-def training_arguments(settings: JobSettings, output_dir: Path, cuda: bool, seq2seq: bool = False,
-                       best_metric: str = "loss", hw: Hardware | None = None) -> TrainingArguments:
+def training_arguments(
+    settings: JobSettings,
+    output_dir: Path,
+    cuda: bool,
+    seq2seq: bool = False,
+    best_metric: str = "loss",
+    hw: Hardware | None = None,
+) -> TrainingArguments:
     """(Seq2Seq)TrainingArguments from the settings; a rejected combination is the user's error."""
     overrides = trainer_overrides(settings)
     if not seq2seq:
@@ -108,7 +118,9 @@ def build_trainer(task, settings, info: dict, args, model, tokenizer, train_ds, 
             callbacks=callbacks,
             **extra,
         )
-    except ValueError as exc:  # the Trainer's own checks of model and arguments (e.g. a quantized base without adapters)
+    except (
+        ValueError
+    ) as exc:  # the Trainer's own checks of model and arguments (e.g. a quantized base without adapters)
         raise UserError(f"The Trainer cannot train FT_MODEL with these settings: {exc}") from exc
     trainer.remove_callback(PrinterCallback)  # MetricLines prints the same entries, parseably
     return trainer

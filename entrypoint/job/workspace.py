@@ -1,12 +1,13 @@
 """The job's local scratch folders under FT_WORK_DIR."""
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import fcntl
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from entrypoint.errors import UserError
 
@@ -29,7 +30,9 @@ def prepare(work_dir: str) -> Workspace:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
     except OSError as exc:
-        raise UserError(f"FT_WORK_DIR: cannot use {root} as scratch space ({exc}). Point FT_WORK_DIR at a writable folder.") from exc
+        raise UserError(
+            f"FT_WORK_DIR: cannot use {root} as scratch space ({exc}). Point FT_WORK_DIR at a writable folder."
+        ) from exc
     return ws
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from entrypoint.errors import ExitCode, FailedElsewhere, FinetuneError, UserError
 
@@ -34,7 +35,7 @@ def _close() -> None:
     if dist is not None:
         try:
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - the job's outcome is decided; its exit code stands
+        except Exception:
             log.debug("could not destroy the process group", exc_info=True)
 
 
@@ -51,8 +52,10 @@ def require_data_parallel(args) -> None:
     from transformers.training_args import ParallelMode
 
     if _dist() is not None and args.parallel_mode != ParallelMode.DISTRIBUTED:
-        raise UserError(f"{args.world_size} processes would each train a model of their own ({args.parallel_mode}): "
-                        "on a machine without GPUs set FT_USE_CPU=true (finetune's own launcher does this itself).")
+        raise UserError(
+            f"{args.world_size} processes would each train a model of their own ({args.parallel_mode}): "
+            "on a machine without GPUs set FT_USE_CPU=true (finetune's own launcher does this itself)."
+        )
 
 
 def is_main() -> bool:
@@ -71,7 +74,7 @@ def _attempt(fn: Callable, args: tuple) -> tuple[str, Any]:
         return "ok", fn(*args)
     except FinetuneError as exc:
         return "failed", (str(exc), int(exc.exit_code), exc)
-    except Exception as exc:  # noqa: BLE001 - re-raised below; the other processes stop too
+    except Exception as exc:
         return "failed", (f"unexpected error: {exc!r}", int(ExitCode.UNEXPECTED), exc)
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from entrypoint.config.platform import Runtime
 from entrypoint.errors import ExitCode, Interrupted, WorkersFailed
@@ -44,11 +44,25 @@ class LaunchPlan:
         """The `torchrun` options (before `-m entrypoint train`)."""
         if self.nnodes == 1:
             return ["--standalone", "--nnodes", "1", "--nproc-per-node", str(self.nproc_per_node)]
-        return ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank), "--master-addr", str(self.master_addr),
-                "--master-port", str(self.master_port), "--nproc-per-node", str(self.nproc_per_node)]
+        return [
+            "--nnodes",
+            str(self.nnodes),
+            "--node-rank",
+            str(self.node_rank),
+            "--master-addr",
+            str(self.master_addr),
+            "--master-port",
+            str(self.master_port),
+            "--nproc-per-node",
+            str(self.nproc_per_node),
+        ]
 
     def describe(self) -> str:
-        where = "this machine" if self.nnodes == 1 else f"node {self.node_rank} of {self.nnodes} (master {self.master_addr}:{self.master_port})"
+        where = (
+            "this machine"
+            if self.nnodes == 1
+            else f"node {self.node_rank} of {self.nnodes} (master {self.master_addr}:{self.master_port})"
+        )
         return f"{self.nproc_per_node} processes on {where}"
 
 
@@ -73,7 +87,9 @@ def nodes(runtime: Runtime) -> Nodes:
     return Nodes(1, 0, None)
 
 
-def launch_plan(runtime: Runtime, num_processes: int | None, gpu_count: int, environ: Mapping[str, str]) -> LaunchPlan | None:
+def launch_plan(
+    runtime: Runtime, num_processes: int | None, gpu_count: int, environ: Mapping[str, str]
+) -> LaunchPlan | None:
     """How to run: None when this process should run the job itself (one process in all, or
     already started by torchrun); else the launch of `num_processes` (default: one per visible
     GPU, at least 1) processes on this machine, joined with the job's other machines."""

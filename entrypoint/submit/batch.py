@@ -5,6 +5,7 @@ Terraform module registers with the project's retry rules (errors.RETRY_RULES). 
 cannot be overridden at submit time, so `--image` registers a new revision of the definition
 that differs only in its image (derive_job_definition) and submits against that.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,10 @@ def build_submit_job_request(
     environment = dict(environment or {})
     problems = []
     if not JOB_NAME_RE.match(job_name):
-        problems.append(f"--job-name {job_name!r}: Batch job names are 1-128 letters, digits, '-' or '_', "
-                        "starting with a letter or digit")
+        problems.append(
+            f"--job-name {job_name!r}: Batch job names are 1-128 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
     if not job_queue:
         problems.append("--job-queue is required (the queue name or ARN, e.g. from `terraform output`)")
     if not job_definition:
@@ -57,13 +60,15 @@ def build_submit_job_request(
         if key.startswith("AWS_BATCH"):
             problems.append(f"--env {key}: names starting with AWS_BATCH are reserved by Batch; rename it")
     if array_size is not None and not 2 <= array_size <= MAX_ARRAY_SIZE:
-        problems.append(f"--array-size must be between 2 and {MAX_ARRAY_SIZE}; got {array_size} "
-                        "(leave it out for a single job)")
+        problems.append(
+            f"--array-size must be between 2 and {MAX_ARRAY_SIZE}; got {array_size} (leave it out for a single job)"
+        )
     if gpus is not None and gpus < 1:
         problems.append(f"--gpus must be a positive integer; got {gpus} (leave it out to keep the definition's)")
     if timeout_seconds is not None and timeout_seconds < MIN_TIMEOUT_SECONDS:
-        problems.append(f"--timeout-seconds must be at least {MIN_TIMEOUT_SECONDS} (a Batch minimum); "
-                        f"got {timeout_seconds}")
+        problems.append(
+            f"--timeout-seconds must be at least {MIN_TIMEOUT_SECONDS} (a Batch minimum); got {timeout_seconds}"
+        )
     if attempts is not None and not 1 <= attempts <= MAX_ATTEMPTS:
         problems.append(f"--attempts must be between 1 and {MAX_ATTEMPTS}; got {attempts}")
     if problems:
@@ -120,10 +125,17 @@ def derive_job_definition(described: Mapping, image: str) -> dict:
     """The RegisterJobDefinition request for a new revision of `described` (a DescribeJobDefinitions
     entry) that runs `image`: role, environment, resources, retry rules, timeout and tags are kept."""
     if not image or any(c.isspace() for c in image):
-        raise UserError(f"--image {image!r}: expected an image URI such as ACCOUNT.dkr.ecr.REGION.amazonaws.com/finetune:TAG")
+        raise UserError(
+            f"--image {image!r}: expected an image URI such as ACCOUNT.dkr.ecr.REGION.amazonaws.com/finetune:TAG"
+        )
     if "containerProperties" not in described:
-        kind = next((k for k in ("nodeProperties", "ecsProperties", "eksProperties") if k in described), "no containerProperties")
-        raise UserError(f"--image works with single-container job definitions; {described.get('jobDefinitionArn')} has {kind}")
+        kind = next(
+            (k for k in ("nodeProperties", "ecsProperties", "eksProperties") if k in described),
+            "no containerProperties",
+        )
+        raise UserError(
+            f"--image works with single-container job definitions; {described.get('jobDefinitionArn')} has {kind}"
+        )
     request = {k: copy.deepcopy(v) for k, v in described.items() if k not in READ_ONLY_DEFINITION_FIELDS}
     request["containerProperties"]["image"] = image
     return request
@@ -156,8 +168,10 @@ def failure_error(job: Mapping) -> FinetuneError:
     reason = job.get("statusReason") or (attempts[-1].get("statusReason") if attempts else None) or "no reason given"
     logs = container.get("logStreamName")
     where = f"; logs: CloudWatch stream {logs}" if logs else ""
-    message = (f"Batch job {job.get('jobName')} ({job.get('jobId')}) FAILED after {len(attempts)} attempt(s), "
-               f"exit code {exit_code}: {reason}{where}")
+    message = (
+        f"Batch job {job.get('jobName')} ({job.get('jobId')}) FAILED after {len(attempts)} attempt(s), "
+        f"exit code {exit_code}: {reason}{where}"
+    )
     if exit_code in USER_EXIT_CODES:
         return UserError(message + ". Exit code 64 is a settings or data mistake: fix it and resubmit.")
     return WorldError(message)

@@ -4,6 +4,7 @@ Managed spot is on by default: SageMaker restarts an interrupted job on a new in
 syncs /opt/ml/checkpoints from CheckpointConfig.S3Uri, where the container resumes from.
 https://docs.aws.amazon.com/sagemaker/latest/dg/model-managed-spot-training.html
 """
+
 from __future__ import annotations
 
 import datetime
@@ -68,8 +69,10 @@ def build_create_training_job_request(
     environment = dict(environment or {})
     problems = []
     if not JOB_NAME_RE.match(job_name):
-        problems.append(f"--job-name {job_name!r}: SageMaker job names are 1-63 letters, digits and '-', "
-                        "starting and ending with a letter or digit")
+        problems.append(
+            f"--job-name {job_name!r}: SageMaker job names are 1-63 letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
     if not image:
         problems.append("--image is required: the ECR URI of the finetune image")
     if not ROLE_ARN_RE.match(role_arn or ""):
@@ -80,8 +83,11 @@ def build_create_training_job_request(
         problems.append(f"--instance-count must be at least 1; got {instance_count}")
     if volume_size_gb < 1:
         problems.append(f"--volume-size-gb must be at least 1; got {volume_size_gb}")
-    for flag, uri in [("--output-s3-uri", output_s3_uri), ("--checkpoint-s3-uri", checkpoint_s3_uri),
-                      *((f"--channel {name}", uri) for name, uri in channels.items())]:
+    for flag, uri in [
+        ("--output-s3-uri", output_s3_uri),
+        ("--checkpoint-s3-uri", checkpoint_s3_uri),
+        *((f"--channel {name}", uri) for name, uri in channels.items()),
+    ]:
         if uri is not None and not S3_URI_RE.match(uri):
             problems.append(f"{flag}: {uri!r} is not an S3 URI like s3://bucket/prefix")
     for name in channels:
@@ -93,17 +99,21 @@ def build_create_training_job_request(
     if len(environment) > MAX_ENVIRONMENT:
         problems.append(f"--env: at most {MAX_ENVIRONMENT} variables; got {len(environment)}")
     if len(settings) > MAX_HYPERPARAMETERS:
-        problems.append(f"--set/--env-file: SageMaker takes at most {MAX_HYPERPARAMETERS} hyperparameters; "
-                        f"got {len(settings)}")
+        problems.append(
+            f"--set/--env-file: SageMaker takes at most {MAX_HYPERPARAMETERS} hyperparameters; got {len(settings)}"
+        )
     if not 1 <= max_runtime_seconds <= MAX_RUNTIME_LIMIT_SECONDS:
-        problems.append(f"--max-runtime-seconds must be between 1 and {MAX_RUNTIME_LIMIT_SECONDS}; "
-                        f"got {max_runtime_seconds}")
+        problems.append(
+            f"--max-runtime-seconds must be between 1 and {MAX_RUNTIME_LIMIT_SECONDS}; got {max_runtime_seconds}"
+        )
     if max_wait_seconds is not None and not spot:
         problems.append("--max-wait-seconds applies only to managed spot; drop it or drop --no-spot")
     elif max_wait_seconds is not None and not max_runtime_seconds <= max_wait_seconds <= MAX_RUNTIME_LIMIT_SECONDS:
-        problems.append(f"--max-wait-seconds ({max_wait_seconds}) must be at least --max-runtime-seconds "
-                        f"({max_runtime_seconds}) and at most {MAX_RUNTIME_LIMIT_SECONDS}: waiting for spot "
-                        "capacity and training both count against it")
+        problems.append(
+            f"--max-wait-seconds ({max_wait_seconds}) must be at least --max-runtime-seconds "
+            f"({max_runtime_seconds}) and at most {MAX_RUNTIME_LIMIT_SECONDS}: waiting for spot "
+            "capacity and training both count against it"
+        )
     if problems:
         raise UserError("\n".join(problems))
 
@@ -122,11 +132,13 @@ def build_create_training_job_request(
         "InputDataConfig": [
             {
                 "ChannelName": name,
-                "DataSource": {"S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": uri,
-                    "S3DataDistributionType": "FullyReplicated",
-                }},
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": uri,
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
             }
             for name, uri in sorted(channels.items())
         ],

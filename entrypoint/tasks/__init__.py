@@ -1,10 +1,12 @@
 """What each FT_TASK means: its columns, labels, model class, tokenization, data collator,
 metrics and Trainer class. One module per task; `get` picks one."""
+
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MODULES = {
     "sequence-classification": "classification",

@@ -1,6 +1,7 @@
 """causal-lm: next-token prediction on plain text (FT_TEXT_COLUMN, optionally packed into full
 blocks), on instruction data (FT_PROMPT_COLUMN + FT_RESPONSE_COLUMN: loss on the response only) or
 on chat data (FT_MESSAGES_COLUMN: loss on the assistant turns only); perplexity from the eval loss."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,9 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, set_seed
 
-from entrypoint.job import modeling
-from entrypoint.job import preprocess
 from entrypoint.errors import UserError
+from entrypoint.job import modeling, preprocess
+
 from . import Prepared, Task
 from .perplexity import PerplexityTrainer
 
@@ -58,7 +59,9 @@ def ensure_pad_token(tokenizer) -> None:
     """Many decoder tokenizers have no pad token; padding is masked anyway, so EOS serves."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise UserError("FT_MODEL: the tokenizer has neither a pad nor an EOS token. Set one (tokenizer.eos_token) and save it with the model.")
+            raise UserError(
+                "FT_MODEL: the tokenizer has neither a pad nor an EOS token. Set one (tokenizer.eos_token) and save it with the model."
+            )
         tokenizer.pad_token = tokenizer.eos_token
 
 
@@ -72,8 +75,10 @@ def pack(input_ids: list[list[int]], labels: list[list[int]], block: int) -> dic
     flat_ids = [t for ids in input_ids for t in ids]
     flat_labels = [t for ls in labels for t in ls]
     usable = len(flat_ids) // block * block
-    return {"input_ids": [flat_ids[i:i + block] for i in range(0, usable, block)],
-            "labels": [flat_labels[i:i + block] for i in range(0, usable, block)]}
+    return {
+        "input_ids": [flat_ids[i : i + block] for i in range(0, usable, block)],
+        "labels": [flat_labels[i : i + block] for i in range(0, usable, block)],
+    }
 
 
 def encode_text(texts: list, tokenizer, length: int, packing: bool) -> dict[str, list[list[int]]]:
@@ -83,7 +88,9 @@ def encode_text(texts: list, tokenizer, length: int, packing: bool) -> dict[str,
     if packing:
         ids = [with_eos(x, eos) for x in tokenizer([str(t) if t is not None else "" for t in texts])["input_ids"]]
         return pack(ids, [list(x) for x in ids], length)
-    ids = tokenizer([str(t) if t is not None else "" for t in texts], truncation=True, max_length=length - 1)["input_ids"]
+    ids = tokenizer([str(t) if t is not None else "" for t in texts], truncation=True, max_length=length - 1)[
+        "input_ids"
+    ]
     ids = [with_eos(x, eos)[:length] for x in ids]
     return {"input_ids": ids, "labels": [list(x) for x in ids]}
 
@@ -96,7 +103,9 @@ def encode_instruction(prompts: list, responses: list, tokenizer, length: int) -
     out = {"input_ids": [], "labels": []}
     for prompt, response in zip(prompts, responses):
         p = tokenizer(str(prompt) if prompt is not None else "")["input_ids"]
-        r = with_eos(tokenizer(str(response) if response is not None else "", add_special_tokens=False)["input_ids"], eos)
+        r = with_eos(
+            tokenizer(str(response) if response is not None else "", add_special_tokens=False)["input_ids"], eos
+        )
         out["input_ids"].append((p + r)[:length])
         out["labels"].append(([IGNORE] * len(p) + r)[:length])
     return out
@@ -110,7 +119,9 @@ def as_messages(value) -> list[dict]:
         except json.JSONDecodeError:
             value = None
     if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        raise UserError(f"FT_MESSAGES_COLUMN: every row must be a list of {{role, content}} messages; got {str(value)[:200]!r}.")
+        raise UserError(
+            f"FT_MESSAGES_COLUMN: every row must be a list of {{role, content}} messages; got {str(value)[:200]!r}."
+        )
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -118,6 +129,7 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
     """The rendered chat and the character spans of its assistant turns (content and end-of-turn
     marker). Each span lies between the render of the chat before the turn (with the generation
     prompt) and the render including it; this needs the template to render prefixes as prefixes."""
+
     def render(msgs, prompt=False):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)
 
@@ -126,10 +138,12 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before, through = render(messages[:i], True) if i else "", render(messages[:i + 1])
+        before, through = render(messages[:i], True) if i else "", render(messages[: i + 1])
         if not (text.startswith(before) and text.startswith(through) and len(before) <= len(through)):
-            raise UserError("FT_MESSAGES_COLUMN: the tokenizer's chat template does not render a conversation's start as a prefix "
-                            "of the whole, so assistant turns cannot be located. Use FT_PROMPT_COLUMN/FT_RESPONSE_COLUMN instead.")
+            raise UserError(
+                "FT_MESSAGES_COLUMN: the tokenizer's chat template does not render a conversation's start as a prefix "
+                "of the whole, so assistant turns cannot be located. Use FT_PROMPT_COLUMN/FT_RESPONSE_COLUMN instead."
+            )
         spans.append((len(before), len(through)))
     return text, spans
 
@@ -143,7 +157,9 @@ def encode_chat(chats: list, tokenizer, length: int) -> dict[str, list[list[int]
         # The template writes the special tokens (BOS, turn markers) itself.
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
-        labels = [t if any(a <= start < b for a, b in spans) else IGNORE for t, (start, _) in zip(ids, enc["offset_mapping"])]
+        labels = [
+            t if any(a <= start < b for a, b in spans) else IGNORE for t, (start, _) in zip(ids, enc["offset_mapping"])
+        ]
         out["input_ids"].append(ids[:length])
         out["labels"].append(labels[:length])
     return out
@@ -157,8 +173,10 @@ def tokenize(ds, tokenizer, settings, info):
     length = preprocess.max_length(tokenizer, settings.max_length)
     if kind == "chat":
         if not tokenizer.chat_template:
-            raise UserError("FT_MESSAGES_COLUMN needs a tokenizer with a chat template, and this model's tokenizer has none. "
-                            "Set tokenizer.chat_template and save it with the model, or use FT_PROMPT_COLUMN/FT_RESPONSE_COLUMN.")
+            raise UserError(
+                "FT_MESSAGES_COLUMN needs a tokenizer with a chat template, and this model's tokenizer has none. "
+                "Set tokenizer.chat_template and save it with the model, or use FT_PROMPT_COLUMN/FT_RESPONSE_COLUMN."
+            )
         if not tokenizer.is_fast:
             raise UserError("FT_MESSAGES_COLUMN needs a fast tokenizer (tokenizer.json) to locate assistant turns.")
 
@@ -177,11 +195,17 @@ def tokenize(ds, tokenizer, settings, info):
     out = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
     kept = out.filter(lambda ex: any(t != IGNORE for t in ex["labels"][1:]), desc="drop examples without targets")
     if len(kept) < len(out):
-        log.warning("dropped %d of %d examples with no target tokens left after truncation to %d tokens (raise FT_MAX_LENGTH?)",
-                    len(out) - len(kept), len(out), length)
+        log.warning(
+            "dropped %d of %d examples with no target tokens left after truncation to %d tokens (raise FT_MAX_LENGTH?)",
+            len(out) - len(kept),
+            len(out),
+            length,
+        )
     if len(kept) == 0:
-        raise UserError(f"causal-lm: no example has a target token within FT_MAX_LENGTH={length}"
-                        f"{' (packing needs at least one full block of text)' if settings.packing else ''}.")
+        raise UserError(
+            f"causal-lm: no example has a target token within FT_MAX_LENGTH={length}"
+            f"{' (packing needs at least one full block of text)' if settings.packing else ''}."
+        )
     return kept
 
 
@@ -201,8 +225,9 @@ class PadCollator:
             return torch.tensor([list(f[key]) + [value] * (size - len(f[key])) for f in features], dtype=torch.long)
 
         batch = {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", IGNORE)}
-        batch["attention_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (size - len(f["input_ids"])) for f in features],
-                                               dtype=torch.long)
+        batch["attention_mask"] = torch.tensor(
+            [[1] * len(f["input_ids"]) + [0] * (size - len(f["input_ids"])) for f in features], dtype=torch.long
+        )
         return batch
 
 

@@ -1,31 +1,39 @@
 """sequence-classification: text (or text pairs) → a label; accuracy and macro-F1; optional
 class-weighted loss for imbalanced data (FT_CLASS_WEIGHTS)."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
-from entrypoint.job import modeling
-from entrypoint.job import preprocess
 from entrypoint.errors import UserError
+from entrypoint.job import modeling, preprocess
+
 from . import Prepared, Task
 
 
 def columns(settings) -> dict[str, str | None]:
-    return {"FT_TEXT_COLUMN": settings.text_column, "FT_TEXT_PAIR_COLUMN": settings.text_pair_column,
-            "FT_LABEL_COLUMN": settings.label_column}
+    return {
+        "FT_TEXT_COLUMN": settings.text_column,
+        "FT_TEXT_PAIR_COLUMN": settings.text_pair_column,
+        "FT_LABEL_COLUMN": settings.label_column,
+    }
 
 
 def label_mapping(train_labels: list, eval_labels: list, label_column: str) -> dict[int, str]:
     """id2label for the labels found: integer labels keep their values, strings are sorted."""
     missing = sum(1 for v in train_labels if v is None)
     if missing:
-        raise UserError(f"FT_TRAIN_DATA: {missing} row(s) have no value in label column {label_column!r}. Fill or drop them.")
+        raise UserError(
+            f"FT_TRAIN_DATA: {missing} row(s) have no value in label column {label_column!r}. Fill or drop them."
+        )
     values = set(train_labels)
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
-            raise UserError(f"FT_TRAIN_DATA: integer labels must be 0 or more; found {min(values)} in {label_column!r}.")
+            raise UserError(
+                f"FT_TRAIN_DATA: integer labels must be 0 or more; found {min(values)} in {label_column!r}."
+            )
         unseen = {v for v in eval_labels if not isinstance(v, int) or v < 0 or v > max(values)}
         if unseen:
             raise UserError(f"FT_EVAL_DATA: labels {sorted(map(str, unseen))[:5]} do not occur in the training data.")
@@ -59,9 +67,13 @@ def class_weights(setting: str | None, labels: list[int], num_labels: int) -> li
     try:
         weights = [float(x) for x in setting.split(",")]
     except ValueError:
-        raise UserError(f"FT_CLASS_WEIGHTS must be 'auto' or {num_labels} comma-separated numbers; got {setting!r}.") from None
+        raise UserError(
+            f"FT_CLASS_WEIGHTS must be 'auto' or {num_labels} comma-separated numbers; got {setting!r}."
+        ) from None
     if len(weights) != num_labels or any(w < 0 for w in weights):
-        raise UserError(f"FT_CLASS_WEIGHTS must be 'auto' or {num_labels} non-negative numbers (one per label); got {setting!r}.")
+        raise UserError(
+            f"FT_CLASS_WEIGHTS must be 'auto' or {num_labels} non-negative numbers (one per label); got {setting!r}."
+        )
     return weights
 
 
@@ -84,9 +96,13 @@ def load_model(folder, uri: str, info: dict, settings, seed: int):
     set_seed(seed)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            str(folder), num_labels=len(id2label), id2label=id2label,
-            label2id={name: i for i, name in id2label.items()}, ignore_mismatched_sizes=True,
-            **modeling.model_kwargs(settings))
+            str(folder),
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id={name: i for i, name in id2label.items()},
+            ignore_mismatched_sizes=True,
+            **modeling.model_kwargs(settings),
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"FT_MODEL: cannot load {uri} as a sequence-classification model: {exc}") from exc
 

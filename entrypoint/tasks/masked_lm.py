@@ -1,6 +1,7 @@
 """masked-lm: continue pre-training an encoder (BERT-style) on the text column: FT_MLM_PROBABILITY
 of the tokens are masked in every batch (reproducibly, see SeededMaskingCollator), and the loss is
 on those. Metric: perplexity, exp(eval_loss), computed without keeping logits."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +10,9 @@ import hashlib
 import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, set_seed
 
-from entrypoint.job import modeling
-from entrypoint.job import preprocess
 from entrypoint.errors import UserError
+from entrypoint.job import modeling, preprocess
+
 from . import Prepared, Task
 from .perplexity import PerplexityTrainer
 
@@ -30,21 +31,31 @@ def load_model(folder, uri: str, info: dict, settings, seed: int):
     try:
         return AutoModelForMaskedLM.from_pretrained(str(folder), **modeling.model_kwargs(settings))
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"FT_MODEL: cannot load {uri} as a masked-LM model (an encoder such as BERT or RoBERTa): {exc}") from exc
+        raise UserError(
+            f"FT_MODEL: cannot load {uri} as a masked-LM model (an encoder such as BERT or RoBERTa): {exc}"
+        ) from exc
 
 
 def tokenize(ds, tokenizer, settings, info):
     """Each non-blank text as one example, truncated; the collator pads and masks per batch."""
     if tokenizer.mask_token is None:
-        raise UserError("FT_TASK=masked-lm needs a tokenizer with a mask token (BERT, RoBERTa, ...); "
-                        "this model's has none. Use FT_TASK=causal-lm for a decoder-only model.")
+        raise UserError(
+            "FT_TASK=masked-lm needs a tokenizer with a mask token (BERT, RoBERTa, ...); "
+            "this model's has none. Use FT_TASK=causal-lm for a decoder-only model."
+        )
     length = preprocess.max_length(tokenizer, settings.max_length)
     text = settings.text_column
-    ds = ds.filter(lambda batch: [t is not None and str(t).strip() != "" for t in batch[text]], batched=True, desc="drop blank texts")
+    ds = ds.filter(
+        lambda batch: [t is not None and str(t).strip() != "" for t in batch[text]],
+        batched=True,
+        desc="drop blank texts",
+    )
 
     def encode(batch):
         # The special-tokens mask tells the collator which positions must never be masked.
-        return tokenizer([str(t) for t in batch[text]], truncation=True, max_length=length, return_special_tokens_mask=True)
+        return tokenizer(
+            [str(t) for t in batch[text]], truncation=True, max_length=length, return_special_tokens_mask=True
+        )
 
     return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
 
@@ -79,7 +90,9 @@ def batch_seed(seed: int, input_ids: torch.Tensor) -> int:
 
 def collator(tokenizer, model, settings):
     seed = settings.seed if settings.seed is not None else 42  # the Trainer's default seed
-    return SeededMaskingCollator(tokenizer, mlm=True, mlm_probability=settings.mlm_probability, pad_to_multiple_of=8, mask_seed=seed)
+    return SeededMaskingCollator(
+        tokenizer, mlm=True, mlm_probability=settings.mlm_probability, pad_to_multiple_of=8, mask_seed=seed
+    )
 
 
 TASK = Task(

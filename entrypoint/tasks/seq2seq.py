@@ -2,6 +2,7 @@
 (T5, BART, Marian, ...), or an encoder alone (BERT, MiniLM) warm-started on both sides of an
 EncoderDecoderModel. Metric: eval_loss, plus corpus BLEU of generated text with
 FT_PREDICT_WITH_GENERATE=true."""
+
 from __future__ import annotations
 
 import collections
@@ -11,13 +12,20 @@ import math
 import re
 
 import numpy as np
-from transformers import (AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, EncoderDecoderModel,
-                          Seq2SeqTrainer, set_seed)
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    EncoderDecoderModel,
+    Seq2SeqTrainer,
+    set_seed,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
-from entrypoint.job import modeling
-from entrypoint.job import preprocess
 from entrypoint.errors import UserError
+from entrypoint.job import modeling, preprocess
+
 from . import Prepared, Task
 
 log = logging.getLogger(__name__)
@@ -41,8 +49,10 @@ def load_model(folder, uri: str, info: dict, settings, seed: int):
             return AutoModelForSeq2SeqLM.from_pretrained(str(folder), **modeling.model_kwargs(settings))
         return encoder_decoder(folder, uri, config.model_type)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"FT_MODEL: cannot load {uri} as a seq2seq model (an encoder-decoder such as T5 or BART, "
-                        f"or an encoder such as BERT to warm-start one): {exc}") from exc
+        raise UserError(
+            f"FT_MODEL: cannot load {uri} as a seq2seq model (an encoder-decoder such as T5 or BART, "
+            f"or an encoder such as BERT to warm-start one): {exc}"
+        ) from exc
 
 
 def encoder_decoder(folder, uri: str, model_type: str):
@@ -52,10 +62,15 @@ def encoder_decoder(folder, uri: str, model_type: str):
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if None in (start, end, tokenizer.pad_token_id):
-        raise UserError(f"FT_MODEL: {uri} is an encoder only ({model_type}); warm-starting an encoder-decoder from it needs "
-                        "a tokenizer with start (CLS/BOS), end (SEP/EOS) and padding tokens, and this one lacks some.")
-    log.info("FT_MODEL is an encoder only (%s): training an EncoderDecoderModel with this encoder on both sides "
-             "(the decoder's cross-attention is new); the output loads with AutoModelForSeq2SeqLM", model_type)
+        raise UserError(
+            f"FT_MODEL: {uri} is an encoder only ({model_type}); warm-starting an encoder-decoder from it needs "
+            "a tokenizer with start (CLS/BOS), end (SEP/EOS) and padding tokens, and this one lacks some."
+        )
+    log.info(
+        "FT_MODEL is an encoder only (%s): training an EncoderDecoderModel with this encoder on both sides "
+        "(the decoder's cross-attention is new); the output loads with AutoModelForSeq2SeqLM",
+        model_type,
+    )
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(folder), str(folder))
     for config in (model.config, model.generation_config):
         config.decoder_start_token_id = start
@@ -91,14 +106,21 @@ class Seq2SeqCollator(DataCollatorForSeq2Seq):
     def __call__(self, features, return_tensors=None):
         start = self.decoder_start_token_id
         if start is not None:
-            features = [dict(f, labels=list(f["labels"])[1:]) if len(f["labels"]) > 1 and f["labels"][0] == start else f
-                        for f in features]
+            features = [
+                dict(f, labels=list(f["labels"])[1:]) if len(f["labels"]) > 1 and f["labels"][0] == start else f
+                for f in features
+            ]
         return super().__call__(features, return_tensors)
 
 
 def collator(tokenizer, model, settings):
-    return Seq2SeqCollator(tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=8,
-                           decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None))
+    return Seq2SeqCollator(
+        tokenizer,
+        model=model,
+        label_pad_token_id=-100,
+        pad_to_multiple_of=8,
+        decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
+    )
 
 
 # sacreBLEU's default tokenizer ("13a", from mteval-v13a.pl), so scores compare with published ones.
@@ -129,8 +151,8 @@ def corpus_bleu(hypotheses: list[str], references: list[str], max_order: int = 4
         h, r = tokenize_13a(hyp), tokenize_13a(ref)
         hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
         for n in range(1, max_order + 1):
-            h_ngrams = collections.Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
-            r_ngrams = collections.Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
+            h_ngrams = collections.Counter(tuple(h[i : i + n]) for i in range(len(h) - n + 1))
+            r_ngrams = collections.Counter(tuple(r[i : i + n]) for i in range(len(r) - n + 1))
             correct[n - 1] += sum((h_ngrams & r_ngrams).values())
             total[n - 1] += max(len(h) - n + 1, 0)
     if hyp_len == 0 or not any(correct) or not all(total):

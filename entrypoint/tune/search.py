@@ -11,6 +11,7 @@ Records (see `Records`):
     FT_OUTPUT_URI/tune.json       every trial (number, state, params, value, metrics) and the best settings
     FT_OUTPUT_URI/optuna.db       the study when the search ends
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,15 +20,15 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from transformers import TrainerCallback
 
 from entrypoint import reporting
 from entrypoint.config.settings import checkpoint_uri as config_checkpoint_uri
-from entrypoint.io import storage
 from entrypoint.errors import FinetuneError, UserError
+from entrypoint.io import storage
 from entrypoint.tune.space import RETOKENIZE, STUDY_NAME, Plan, plan, progress, report, resume_problem, trial_environ
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ class Records:
         try:
             self.save(study)
         except FinetuneError:
-            log.warning("could not save the study to %s; will retry after the next trial", self.state.uri, exc_info=True)
+            log.warning(
+                "could not save the study to %s; will retry after the next trial", self.state.uri, exc_info=True
+            )
 
 
 def run(environ: Mapping[str, str], runtime, settings, started: float) -> dict:
@@ -85,7 +88,9 @@ def run(environ: Mapping[str, str], runtime, settings, started: float) -> dict:
     try:
         import optuna
     except ImportError:
-        raise UserError("finetune tune needs Optuna: pip install 'finetune[train,tune]' (or pip install optuna).") from None
+        raise UserError(
+            "finetune tune needs Optuna: pip install 'finetune[train,tune]' (or pip install optuna)."
+        ) from None
 
     from entrypoint.durability import interruption
     from entrypoint.job.recipe import TrainingJob
@@ -93,31 +98,53 @@ def run(environ: Mapping[str, str], runtime, settings, started: float) -> dict:
     job = TrainingJob(environ, runtime, settings, started)  # its setup phases, without its training
     task = job.task
     search = plan(settings, task.metric_for_best_model)
-    log.info("platform: %s; task: %s; search: %d trials, %s %s over %s", runtime.describe(), settings.task,
-             search.trials, search.direction, search.metric, ", ".join(p.name for p in search.space))
+    log.info(
+        "platform: %s; task: %s; search: %d trials, %s %s over %s",
+        runtime.describe(),
+        settings.task,
+        search.trials,
+        search.direction,
+        search.metric,
+        ", ".join(p.name for p in search.space),
+    )
     try:
         job.setup_signals()
         job.setup_workspace()
-        records = Records(storage.open_store(config_checkpoint_uri(settings), settings.transfer_concurrency),
-                          storage.open_store(settings.output_uri, settings.transfer_concurrency), job.work.root, search)
+        records = Records(
+            storage.open_store(config_checkpoint_uri(settings), settings.transfer_concurrency),
+            storage.open_store(settings.output_uri, settings.transfer_concurrency),
+            job.work.root,
+            search,
+        )
         resumed = records.restore()
         optuna.logging.disable_default_handler()
         optuna.logging.enable_propagation()
-        study = optuna.create_study(storage=records.url(), study_name=STUDY_NAME, direction=search.direction,
-                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=job.args.seed))
+        study = optuna.create_study(
+            storage=records.url(),
+            study_name=STUDY_NAME,
+            direction=search.direction,
+            load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=job.args.seed),
+        )
         problem = resume_problem(study.user_attrs.get("search"), search.identity())
         if problem:
             raise UserError(problem)
         study.set_user_attr("search", search.identity())
         done, remaining = progress([t.state.name for t in study.get_trials(deepcopy=False)], search.trials)
-        log.info("%s: %d of %d trials done, %d to run", "resumed the study" if resumed else "new study", done,
-                 search.trials, remaining)
+        log.info(
+            "%s: %d of %d trials done, %d to run",
+            "resumed the study" if resumed else "new study",
+            done,
+            search.trials,
+            remaining,
+        )
         if remaining:
             interruption.check_stop(job.stop, "before the search")
             job.setup_data()
             job.setup_model_files()
-            trials = Trials(environ, runtime, settings, task, search, job.prepared, job.model_dir, job.tokenizer,
-                            job.stop)
+            trials = Trials(
+                environ, runtime, settings, task, search, job.prepared, job.model_dir, job.tokenizer, job.stop
+            )
             for _ in range(remaining):
                 if job.stop.is_set():
                     records.save(study)  # the finished trials must be durable before the exit
@@ -127,15 +154,25 @@ def run(environ: Mapping[str, str], runtime, settings, started: float) -> dict:
         job.cleanup()
     result = records.save(study, final=True)
     if result["best"]:
-        print(reporting.format_metrics({"best_trial": result["best"]["trial"], "best_objective": result["best"]["value"]}),
-              flush=True)
+        print(
+            reporting.format_metrics(
+                {"best_trial": result["best"]["trial"], "best_objective": result["best"]["value"]}
+            ),
+            flush=True,
+        )
     best = json.dumps(result["best"]["params"]) if result["best"] else "none (no trial completed)"
-    log.info("done in %.0f s: %d of %d trials; best %s; tune.json and optuna.db at %s", time.monotonic() - started,
-             result["done"], search.trials, best, records.output.uri)
+    log.info(
+        "done in %.0f s: %d of %d trials; best %s; tune.json and optuna.db at %s",
+        time.monotonic() - started,
+        result["done"],
+        search.trials,
+        best,
+        records.output.uri,
+    )
     return result
 
 
-def run_trial(study, trials: "Trials", records: Records) -> None:
+def run_trial(study, trials: Trials, records: Records) -> None:
     """One trial, told to the study, then the study and tune.json saved."""
     from optuna.trial import TrialState
 
@@ -151,8 +188,11 @@ def run_trial(study, trials: "Trials", records: Records) -> None:
         study.tell(trial, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         records.save(study)  # must succeed: it is what the rerun resumes from
-        log.warning("stop requested (%s) in trial %d: recorded as failed, queued to run again on resume",
-                    trials.stop.reason, trial.number)
+        log.warning(
+            "stop requested (%s) in trial %d: recorded as failed, queued to run again on resume",
+            trials.stop.reason,
+            trial.number,
+        )
         raise trials.stop.interrupted()
     if outcome.metrics:
         trial.set_user_attr("metrics", outcome.metrics)
@@ -190,12 +230,10 @@ class Trials:
         return train_ds, eval_ds
 
     def run(self, trial) -> Outcome:
-        from entrypoint.job import adapters
-        from entrypoint.durability import interruption
         from entrypoint.config import settings as config
+        from entrypoint.durability import interruption
+        from entrypoint.job import adapters, training, workspace
         from entrypoint.job import callbacks as job_callbacks
-        from entrypoint.job import training
-        from entrypoint.job import workspace
 
         params = {p.name: p.suggest(trial) for p in self.search.space}
         log.info("trial %d: %s", trial.number, json.dumps(params))
@@ -208,9 +246,16 @@ class Trials:
         train_ds, eval_ds = self.tokenize(settings) if self.per_trial_data else self.data
         stopper = interruption.StopOnRequest(self.stop)
         pruner = PruneOnEvaluation(trial, self.search.metric)
-        callbacks = [stopper, SkipStopCheckpoint(stopper), job_callbacks.MetricLines(), pruner,
-                     *job_callbacks.extra_callbacks(settings)]
-        trainer = training.build_trainer(task, settings, info, args, model, self.tokenizer, train_ds, eval_ds, callbacks)
+        callbacks = [
+            stopper,
+            SkipStopCheckpoint(stopper),
+            job_callbacks.MetricLines(),
+            pruner,
+            *job_callbacks.extra_callbacks(settings),
+        ]
+        trainer = training.build_trainer(
+            task, settings, info, args, model, self.tokenizer, train_ds, eval_ds, callbacks
+        )
         try:
             trainer.train()
             if stopper.stopped_at_step is not None:
@@ -222,8 +267,10 @@ class Trials:
         finally:
             release(trainer)
         if self.search.metric not in metrics:
-            raise UserError(f"FT_TUNE_METRIC: the evaluation returned no {self.search.metric}; it returned "
-                            f"{', '.join(sorted(metrics))}. Set FT_TUNE_METRIC to one of them.")
+            raise UserError(
+                f"FT_TUNE_METRIC: the evaluation returned no {self.search.metric}; it returned "
+                f"{', '.join(sorted(metrics))}. Set FT_TUNE_METRIC to one of them."
+            )
         return Outcome(value=float(metrics[self.search.metric]), metrics=jsonable(metrics))
 
 
@@ -255,7 +302,13 @@ class PruneOnEvaluation(TrainerCallback):
             self.last_value = float(metrics[self.metric])
             self.trial.report(self.last_value, state.global_step)
             if self.trial.should_prune():
-                log.info("trial %d pruned at step %d (%s=%.6g)", self.trial.number, state.global_step, self.metric, self.last_value)
+                log.info(
+                    "trial %d pruned at step %d (%s=%.6g)",
+                    self.trial.number,
+                    state.global_step,
+                    self.metric,
+                    self.last_value,
+                )
                 self.pruned = True
                 control.should_training_stop = True
         return control

@@ -7,7 +7,8 @@ import dataclasses
 import json
 import logging
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from entrypoint.errors import SettingsError
 
@@ -33,6 +34,7 @@ MINIMIZED = ("loss", "perplexity", "error", "wer", "cer")
 
 SPEC_FORM = '{"low": L, "high": H, "log": true|false} or {"choices": [...]}'
 
+
 @dataclasses.dataclass(frozen=True)
 class Param:
     """One searched setting: an int or float range, or a list of choices."""
@@ -56,6 +58,7 @@ class Param:
             return {"choices": list(self.choices)}
         return {"low": self.low, "high": self.high, "log": self.log}
 
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     metric: str
@@ -67,13 +70,16 @@ class Plan:
         """What must not change between an interrupted search and its resumption."""
         return {"metric": self.metric, "direction": self.direction, "space": {p.name: p.spec() for p in self.space}}
 
+
 def objective_metric(setting: str | None, task_metric: str) -> str:
     """FT_TUNE_METRIC with the `eval_` prefix the evaluation adds, or the task's metric."""
     name = setting or task_metric
     return name if name.startswith("eval_") else f"eval_{name}"
 
+
 def default_direction(metric: str) -> str | None:
     """maximize for accuracy/F1/BLEU-like metrics, minimize for losses and perplexity, else None."""
+
     def names(words):  # a word at the start of a `_`-separated part: eval_rougeL yes, eval_lower no
         return re.search(rf"(?:^|_)(?:{'|'.join(words)})", metric.lower())
 
@@ -83,11 +89,13 @@ def default_direction(metric: str) -> str | None:
         return "maximize"
     return None
 
+
 def default_space(fixed: set[str]) -> dict:
     """DEFAULT_SPACE without the settings the user fixed (FT_MAX_STEPS fixes the epochs too)."""
     if "max_steps" in fixed:
         fixed = fixed | {"num_train_epochs"}
     return {name: spec for name, spec in DEFAULT_SPACE.items() if name not in fixed}
+
 
 def parse_space(space: Mapping[str, Any]) -> tuple[list[Param], list[str]]:
     """The searched settings, and every problem with them (names, forms, bounds, types)."""
@@ -95,12 +103,19 @@ def parse_space(space: Mapping[str, Any]) -> tuple[list[Param], list[str]]:
 
     params, problems = [], []
     if not space:
-        problems.append(f"FT_TUNE_SEARCH_SPACE names no setting: give at least one, e.g. {json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}.")
+        problems.append(
+            f"FT_TUNE_SEARCH_SPACE names no setting: give at least one, e.g. {json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}."
+        )
     for name, spec in space.items():
         wrong_name = check_setting_names([name])
-        found = f"FT_TUNE_SEARCH_SPACE: {wrong_name[0]}" if wrong_name else parse_param(name, spec, settings_class().model_fields[name])
+        found = (
+            f"FT_TUNE_SEARCH_SPACE: {wrong_name[0]}"
+            if wrong_name
+            else parse_param(name, spec, settings_class().model_fields[name])
+        )
         (problems if isinstance(found, str) else params).append(found)
     return params, problems
+
 
 def parse_param(name: str, spec: Any, field) -> Param | str:
     """One searched setting (`field` is its pydantic field), or the problem with it."""
@@ -139,7 +154,7 @@ def parse_param(name: str, spec: Any, field) -> Param | str:
     kind = {frozenset({int}): "int", frozenset({float}): "float"}.get(frozenset(members))
     low, high, use_log = spec["low"], spec["high"], spec.get("log", False)
     if kind is None:
-        return f"{where} is not a number: search it with {{\"choices\": [...]}}."
+        return f'{where} is not a number: search it with {{"choices": [...]}}.'
     if not isinstance(use_log, bool):
         return f"{where}: log must be true or false; got {json.dumps(use_log)}."
     for label, value in (("low", low), ("high", high)):
@@ -152,6 +167,7 @@ def parse_param(name: str, spec: Any, field) -> Param | str:
         return f"{where}: a log range needs low > 0; got low={low}."
     return Param(name, kind, low, high, use_log)
 
+
 def plan(settings, task_metric: str) -> Plan:
     """The search the settings ask for; SettingsError lists every problem (before any download)."""
     from entrypoint.config.settings import trainer_overrides
@@ -162,19 +178,25 @@ def plan(settings, task_metric: str) -> Plan:
     metric = objective_metric(settings.tune_metric, task_metric)
     direction = settings.tune_direction or default_direction(metric)
     if direction is None:
-        problems.append(f"FT_TUNE_DIRECTION: cannot tell whether {metric} should go up or down; set FT_TUNE_DIRECTION=maximize or minimize.")
+        problems.append(
+            f"FT_TUNE_DIRECTION: cannot tell whether {metric} should go up or down; set FT_TUNE_DIRECTION=maximize or minimize."
+        )
     fixed = set(trainer_overrides(settings)) | (settings.model_fields_set & TUNABLE_JOB_SETTINGS)
     params = []
     if settings.tune_search_space is None:
         params, space_problems = parse_space(default_space(fixed))
         if not params:
-            space_problems = [f"Every setting of the default search ({', '.join(DEFAULT_SPACE)}) is fixed by a FT_* variable: set FT_TUNE_SEARCH_SPACE."]
+            space_problems = [
+                f"Every setting of the default search ({', '.join(DEFAULT_SPACE)}) is fixed by a FT_* variable: set FT_TUNE_SEARCH_SPACE."
+            ]
         problems += space_problems
     else:
         try:
             space = json.loads(settings.tune_search_space)
         except json.JSONDecodeError as exc:
-            problems.append(f"FT_TUNE_SEARCH_SPACE is not valid JSON ({exc}); expected e.g. {json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}.")
+            problems.append(
+                f"FT_TUNE_SEARCH_SPACE is not valid JSON ({exc}); expected e.g. {json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}."
+            )
         else:
             if isinstance(space, dict):
                 params, space_problems = parse_space(space)
@@ -188,11 +210,13 @@ def plan(settings, task_metric: str) -> Plan:
         log.warning("the search replaces %s in every trial", ", ".join(f"FT_{n.upper()}" for n in overridden))
     return Plan(metric, direction, tuple(params), settings.tune_trials)
 
+
 def as_setting(value: Any) -> str:
     """A searched value as an FT_* variable's text."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value) if isinstance(value, float) else str(value)
+
 
 def trial_environ(environ: Mapping[str, str], params: dict, keep_checkpoints: bool) -> dict[str, str]:
     """The job's variables with the trial's values. Trials save no checkpoints unless the best one
@@ -203,32 +227,57 @@ def trial_environ(environ: Mapping[str, str], params: dict, keep_checkpoints: bo
     env.update({f"FT_{name.upper()}": as_setting(value) for name, value in params.items()})
     return env
 
+
 def progress(states: list[str], wanted: int) -> tuple[int, int]:
     """(trials done, trials still to run). Pruned trials are done; failed ones are not."""
     done = sum(1 for s in states if s in ("COMPLETE", "PRUNED"))
     return done, max(0, wanted - done)
 
+
 def resume_problem(stored: dict | None, current: dict) -> str | None:
     """Why a study found at FT_CHECKPOINT_URI cannot be continued with these settings."""
     if stored is None or stored == current:
         return None
-    return (f"FT_CHECKPOINT_URI (default: checkpoints/ under FT_OUTPUT_URI) already holds a search of {stored.get('metric')} ({stored.get('direction')}) over "
-            f"{json.dumps(stored.get('space'))}; these settings ask for {current['metric']} ({current['direction']}) over "
-            f"{json.dumps(current['space'])}. Use another FT_OUTPUT_URI, or the earlier FT_TUNE_* settings to resume.")
+    return (
+        f"FT_CHECKPOINT_URI (default: checkpoints/ under FT_OUTPUT_URI) already holds a search of {stored.get('metric')} ({stored.get('direction')}) over "
+        f"{json.dumps(stored.get('space'))}; these settings ask for {current['metric']} ({current['direction']}) over "
+        f"{json.dumps(current['space'])}. Use another FT_OUTPUT_URI, or the earlier FT_TUNE_* settings to resume."
+    )
+
 
 def report(trials: list, plan_: Plan) -> dict:
     """tune.json: every finished trial and the best one (pure: `trials` are Optuna FrozenTrials)."""
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
-    rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             "metrics": t.user_attrs.get("metrics"), "retry_of": t.user_attrs.get("retry_of"),
-             "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None} for t in finished]
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "metrics": t.user_attrs.get("metrics"),
+            "retry_of": t.user_attrs.get("retry_of"),
+            "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None,
+        }
+        for t in finished
+    ]
     complete = [t for t in finished if t.state.name == "COMPLETE" and t.value is not None]
     best = None
     if complete:
         pick = max if plan_.direction == "maximize" else min
         top = pick(complete, key=lambda t: t.value)
-        best = {"trial": top.number, "value": top.value, "params": top.params,
-                "settings": {f"FT_{k.upper()}": as_setting(v) for k, v in top.params.items()}}
+        best = {
+            "trial": top.number,
+            "value": top.value,
+            "params": top.params,
+            "settings": {f"FT_{k.upper()}": as_setting(v) for k, v in top.params.items()},
+        }
     done, remaining = progress([t.state.name for t in trials], plan_.trials)
-    return {"study": STUDY_NAME, **plan_.identity(), "n_trials": plan_.trials, "done": done,
-            "finished": remaining == 0, "best": best, "trials": rows}
+    return {
+        "study": STUDY_NAME,
+        **plan_.identity(),
+        "n_trials": plan_.trials,
+        "done": done,
+        "finished": remaining == 0,
+        "best": best,
+        "trials": rows,
+    }

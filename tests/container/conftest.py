@@ -8,6 +8,7 @@ mirror (for the base image and apt) plus PyPI (for pip inside the build). Enviro
   FINETUNE_TEST_TORCH             torch requirement (default: torch==2.13.0, a CPU wheel on disk)
   FINETUNE_TEST_TORCH_INDEX_URL   take torch from this index instead of the local wheel
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,10 +31,22 @@ TORCH_INDEX_URL = os.environ.get("FINETUNE_TEST_TORCH_INDEX_URL", "")
 # The CAs this machine trusts (a TLS-inspecting proxy's among them), lent to pip during the build.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-POSITIVE = ["a delight from start to finish", "warm funny and moving", "the best film this year",
-            "a great cast and a clever story", "i loved every minute", "beautifully made and acted"]
-NEGATIVE = ["a dull and tedious mess", "boring from the first scene", "the worst film this year",
-            "a weak cast and a silly story", "i hated every minute", "badly made and badly acted"]
+POSITIVE = [
+    "a delight from start to finish",
+    "warm funny and moving",
+    "the best film this year",
+    "a great cast and a clever story",
+    "i loved every minute",
+    "beautifully made and acted",
+]
+NEGATIVE = [
+    "a dull and tedious mess",
+    "boring from the first scene",
+    "the worst film this year",
+    "a weak cast and a silly story",
+    "i hated every minute",
+    "badly made and badly acted",
+]
 
 
 def podman(*args: str, timeout_s: float = 900, check: bool = True) -> subprocess.CompletedProcess:
@@ -55,9 +68,17 @@ def image(podman_ready, tmp_path_factory) -> str:
     if prebuilt:
         return prebuilt
     base = build_base_image()
-    cmd = ["build", "--format", "docker", "--tag", TEST_IMAGE,
-           "--build-arg", f"BASE_IMAGE={base}",
-           "--build-arg", f"TORCH_REQUIREMENT={TORCH_REQUIREMENT}"]
+    cmd = [
+        "build",
+        "--format",
+        "docker",
+        "--tag",
+        TEST_IMAGE,
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "--build-arg",
+        f"TORCH_REQUIREMENT={TORCH_REQUIREMENT}",
+    ]
     if TORCH_INDEX_URL:
         cmd += ["--build-arg", f"TORCH_INDEX_URL={TORCH_INDEX_URL}"]
     else:
@@ -65,8 +86,11 @@ def image(podman_ready, tmp_path_factory) -> str:
         # file to the build. (Elsewhere this would fetch PyPI's multi-GB CUDA build: set
         # FINETUNE_TEST_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu instead.)
         wheels = tmp_path_factory.mktemp("wheels")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels),
-                        TORCH_REQUIREMENT], check=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels), TORCH_REQUIREMENT],
+            check=True,
+            timeout=600,
+        )
         cmd += ["--build-arg", "TORCH_FIND_LINKS=/wheels", "--volume", f"{wheels}:/wheels:ro"]
     if HOST_CA_BUNDLE.is_file():
         cmd += ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
@@ -77,8 +101,12 @@ def image(podman_ready, tmp_path_factory) -> str:
 
 def build_base_image() -> str:
     """The debootstrapped Debian base; the script does nothing when it exists (else ~40 s)."""
-    subprocess.run([str(REPO / "scripts" / "container" / "build-base-image.sh"), BASE_IMAGE],
-                   check=True, timeout=900, capture_output=True)
+    subprocess.run(
+        [str(REPO / "scripts" / "container" / "build-base-image.sh"), BASE_IMAGE],
+        check=True,
+        timeout=900,
+        capture_output=True,
+    )
     return BASE_IMAGE
 
 
@@ -138,7 +166,7 @@ def s3_keys(bucket: str, prefix: str) -> set[str]:
     import boto3
 
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {obj["Key"][len(prefix):] for page in pages for obj in page.get("Contents", [])}
+    return {obj["Key"][len(prefix) :] for page in pages for obj in page.get("Contents", [])}
 
 
 @pytest.fixture

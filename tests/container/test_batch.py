@@ -6,6 +6,7 @@ on 127.0.0.1 because moto is told to start job containers in the host's network
 (MOTO_DOCKER_NETWORK_MODE=host). A second one, started here with DOCKER_HOST pointing at the
 podman socket, is the Batch control plane; moto's Batch runs containers with the docker SDK.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,11 @@ def stop(proc: subprocess.Popen) -> None:
 def podman_socket(podman_ready, tmp_path):
     """A Docker-API socket served by `podman system service` (for this test only)."""
     path = tmp_path / "podman.sock"
-    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{path}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{path}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(path.exists, "podman system service")
         yield f"unix://{path}"
@@ -95,35 +99,64 @@ def batch_queue(aws_env, batch_endpoint, image):
     batch = boto3.client("batch", endpoint_url=batch_endpoint)
     role = iam.create_role(RoleName=f"batch-service-{suffix}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     environment = batch.create_compute_environment(
-        computeEnvironmentName=f"finetune-{suffix}", type="UNMANAGED", state="ENABLED", serviceRole=role)
+        computeEnvironmentName=f"finetune-{suffix}", type="UNMANAGED", state="ENABLED", serviceRole=role
+    )
     queue = f"finetune-{suffix}"
-    batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=1, computeEnvironmentOrder=[
-        {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}])
+    batch.create_job_queue(
+        jobQueueName=queue,
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}],
+    )
     # The job container gets the test credentials and the S3 endpoint the way a real definition
     # gets a role: from the definition, not the submitter.
     job_env = {**aws_env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     definition = f"finetune-{suffix}"
     batch.register_job_definition(
-        jobDefinitionName=definition, type="container",
+        jobDefinitionName=definition,
+        type="container",
         containerProperties={
-            "image": image, "command": ["train"],
+            "image": image,
+            "command": ["train"],
             "environment": [{"name": k, "value": v} for k, v in job_env.items()],
             "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}],
-        })
+        },
+    )
     return queue, definition
 
 
-def test_batch_job_runs_the_image_and_writes_the_model_to_s3(aws_env, batch_endpoint, batch_queue, bucket,
-                                                             s3_job, list_s3):
+def test_batch_job_runs_the_image_and_writes_the_model_to_s3(
+    aws_env, batch_endpoint, batch_queue, bucket, s3_job, list_s3
+):
     queue, definition = batch_queue
     settings = [arg for key, value in s3_job.items() for arg in ("--set", f"{key}={value}")]
     # The submitter talks to the Batch server; S3 stays on the shared one (AWS_ENDPOINT_URL).
     env = {**os.environ, **aws_env, "AWS_ENDPOINT_URL_BATCH": batch_endpoint, "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "entrypoint", "submit", "batch", "--job-queue", queue, "--job-definition", definition,
-         "--job-name", "container-smoke", *settings, "--wait", "--poll-seconds", "1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "entrypoint",
+            "submit",
+            "batch",
+            "--job-queue",
+            queue,
+            "--job-definition",
+            definition,
+            "--job-name",
+            "container-smoke",
+            *settings,
+            "--wait",
+            "--poll-seconds",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     took_s = time.monotonic() - started
 
     import boto3
@@ -135,7 +168,8 @@ def test_batch_job_runs_the_image_and_writes_the_model_to_s3(aws_env, batch_endp
         stream = job.get("container", {}).get("logStreamName")
         if stream:
             events = boto3.client("logs", endpoint_url=batch_endpoint).get_log_events(
-                logGroupName="/aws/batch/job", logStreamName=stream)["events"]
+                logGroupName="/aws/batch/job", logStreamName=stream
+            )["events"]
             logs = "\n".join(e["message"] for e in events)
     assert result.returncode == 0, f"after {took_s:.0f} s: {result.stderr[-3000:]}\njob log:\n{logs[-6000:]}"
     assert f"{job_id}: SUCCEEDED" in result.stderr

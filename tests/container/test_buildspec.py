@@ -1,4 +1,5 @@
 """The CodeBuild buildspec: structure, order of the gates, and that every command is valid bash."""
+
 from __future__ import annotations
 
 import shutil
@@ -115,8 +116,14 @@ esac
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "HOME": str(cwd), "PATH": "/usr/bin:/bin"}
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "HOME": str(cwd),
+        "PATH": "/usr/bin:/bin",
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -137,8 +144,16 @@ def checkouts(tmp_path_factory) -> dict[str, Path]:
     return {"full": full, "shallow": root / "shallow"}
 
 
-def publish(spec: dict, tmp_path: Path, cwd: Path, *, ecr_tags: list[str], branch: str = "main",
-            smoke_queue: str = "", succeeding: str = "1") -> list[str]:
+def publish(
+    spec: dict,
+    tmp_path: Path,
+    cwd: Path,
+    *,
+    ecr_tags: list[str],
+    branch: str = "main",
+    smoke_queue: str = "",
+    succeeding: str = "1",
+) -> list[str]:
     """Run pre_build from IMAGE_TAG on, then build and post_build, as CodeBuild would (one bash,
     stop at the first failing command); returns the stubbed calls."""
     bin_dir = tmp_path / "bin"
@@ -148,14 +163,21 @@ def publish(spec: dict, tmp_path: Path, cwd: Path, *, ecr_tags: list[str], branc
         (bin_dir / name).chmod(0o755)
     (tmp_path / "tags").write_text("".join(f"{tag}\n" for tag in ecr_tags))
     pre = commands(spec, "pre_build")
-    script = pre[index_of(pre, "IMAGE_TAG="):] + commands(spec, "build") + ["CODEBUILD_BUILD_SUCCEEDING=" + succeeding]
+    script = pre[index_of(pre, "IMAGE_TAG=") :] + commands(spec, "build") + ["CODEBUILD_BUILD_SUCCEEDING=" + succeeding]
     script += commands(spec, "post_build")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "CALLS": str(tmp_path / "calls"),
-           "ECR_TAGS": str(tmp_path / "tags"), "AWS_DEFAULT_REGION": "us-east-1",
-           "ECR_REPOSITORY_URL": "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune",
-           "CODEBUILD_RESOLVED_SOURCE_VERSION": git(cwd, "rev-parse", "HEAD"),
-           "CODEBUILD_WEBHOOK_HEAD_REF": f"refs/heads/{branch}", "SMOKE_JOB_QUEUE": smoke_queue,
-           "SMOKE_JOB_DEFINITION": "finetune-smoke", "SMOKE_MAX_STEPS": "20"}
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "CALLS": str(tmp_path / "calls"),
+        "ECR_TAGS": str(tmp_path / "tags"),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "ECR_REPOSITORY_URL": "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune",
+        "CODEBUILD_RESOLVED_SOURCE_VERSION": git(cwd, "rev-parse", "HEAD"),
+        "CODEBUILD_WEBHOOK_HEAD_REF": f"refs/heads/{branch}",
+        "SMOKE_JOB_QUEUE": smoke_queue,
+        "SMOKE_JOB_DEFINITION": "finetune-smoke",
+        "SMOKE_MAX_STEPS": "20",
+    }
     text = "\n".join(f"{cmd}\n" + 'status=$?; [ "$status" = 0 ] || exit "$status"' for cmd in script)
     result = subprocess.run(["bash", "-c", text], cwd=cwd, env=env, capture_output=True, text=True)
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []

@@ -1,4 +1,5 @@
 """The Dockerfile: hadolint (when the binary is there) and the runtime contract, read statically."""
+
 from __future__ import annotations
 
 import json

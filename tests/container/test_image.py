@@ -1,5 +1,6 @@
 """The image built from the Dockerfile runs the job: `finetune train` in a container against a real
 S3 endpoint (the moto server on 127.0.0.1, reached through the host network)."""
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,9 @@ def test_train_in_the_container_puts_the_model_in_s3(image, aws_env, bucket, s3_
     started = time.monotonic()
     result = run_train(run_podman, image, {**aws_env, **RUN_ENV, **s3_job})
     took_s = time.monotonic() - started
-    assert result.returncode == 0, f"exit {result.returncode} after {took_s:.0f} s\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode} after {took_s:.0f} s\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
 
     prefix = s3_job["FT_OUTPUT_URI"].removeprefix(f"s3://{bucket}/")
     keys = list_s3(bucket, prefix)
@@ -68,14 +71,14 @@ def test_sigterm_reaches_the_job_through_tini(init, image, aws_env, bucket, s3_j
     podman = run_podman
     env = {**aws_env, **RUN_ENV, **s3_job, "FT_MAX_STEPS": "100000", "FT_SAVE_STEPS": "100000"}
     name = f"finetune-sigterm-{uuid.uuid4().hex[:8]}"
-    podman("run", "--detach", *(["--init"] if init else []), "--name", name, "--network", "host",
-           *env_args(env), image)
+    podman("run", "--detach", *(["--init"] if init else []), "--name", name, "--network", "host", *env_args(env), image)
     try:
         # Stop once training runs (the job logs its steps), not while it is still starting.
         deadline = time.monotonic() + 300
         while "[metrics] step=" not in podman("logs", name, check=False).stdout:
-            assert podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", \
-                podman("logs", name, check=False).stderr[-4000:]
+            assert podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", podman(
+                "logs", name, check=False
+            ).stderr[-4000:]
             assert time.monotonic() < deadline, "the job logged no training step in 300 s"
             time.sleep(1)
         podman("stop", "--time", "120", name, timeout_s=180)

@@ -1,4 +1,5 @@
 """Finding Terraform and the offline AWS provider mirror, and running Terraform in a scratch copy."""
+
 from __future__ import annotations
 
 import os
@@ -48,18 +49,27 @@ def terraform_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_terraform(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                  timeout_s: float = 600) -> subprocess.CompletedProcess:
+def run_terraform(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout_s: float = 600
+) -> subprocess.CompletedProcess:
     command, *rest = args
-    return subprocess.run([terraform_bin(), command, "-no-color", *rest], cwd=cwd,
-                          env=env or terraform_env(), capture_output=True, text=True,
-                          timeout=timeout_s)
+    return subprocess.run(
+        [terraform_bin(), command, "-no-color", *rest],
+        cwd=cwd,
+        env=env or terraform_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def copy_tree(dest: Path) -> Path:
     """A scratch copy of infra/terraform (init and apply write lock files and state) -> example root."""
-    shutil.copytree(TERRAFORM_DIR, dest, ignore=shutil.ignore_patterns(
-        ".terraform", ".terraform.lock.hcl", "*.tfstate", "*.tfstate.backup"))
+    shutil.copytree(
+        TERRAFORM_DIR,
+        dest,
+        ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "*.tfstate", "*.tfstate.backup"),
+    )
     return dest / EXAMPLE
 
 

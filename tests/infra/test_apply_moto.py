@@ -1,4 +1,5 @@
 """`terraform apply` of the example root against the moto server, checked with boto3, then destroy."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,12 @@ def _check_resources(out: dict, name: str) -> None:
     batch = boto3.client("batch")
     queue = batch.describe_job_queues(jobQueues=[out["job_queue_name"]])["jobQueues"][0]
     order = sorted(queue["computeEnvironmentOrder"], key=lambda o: o["order"])
-    envs = {e["computeEnvironmentArn"]: e for e in batch.describe_compute_environments(
-        computeEnvironments=[o["computeEnvironment"] for o in order])["computeEnvironments"]}
+    envs = {
+        e["computeEnvironmentArn"]: e
+        for e in batch.describe_compute_environments(computeEnvironments=[o["computeEnvironment"] for o in order])[
+            "computeEnvironments"
+        ]
+    }
     kinds = [envs[o["computeEnvironment"]]["computeResources"]["type"] for o in order]
     assert kinds == ["SPOT", "EC2"], "spot first, on-demand fallback"
     spot = envs[order[0]["computeEnvironment"]]["computeResources"]
@@ -48,23 +53,30 @@ def _check_resources(out: dict, name: str) -> None:
     assert spot["ec2Configuration"] == [{"imageType": "ECS_AL2_NVIDIA"}]
 
     multinode_queue = batch.describe_job_queues(jobQueues=[out["multinode_job_queue_name"]])["jobQueues"][0]
-    assert [envs[o["computeEnvironment"]]["computeResources"]["type"]
-            for o in multinode_queue["computeEnvironmentOrder"]] == ["EC2"]
+    assert [
+        envs[o["computeEnvironment"]]["computeResources"]["type"] for o in multinode_queue["computeEnvironmentOrder"]
+    ] == ["EC2"]
 
     definitions = batch.describe_job_definitions(
-        jobDefinitions=[out["job_definition_arn"], out["multinode_job_definition_arn"]])["jobDefinitions"]
+        jobDefinitions=[out["job_definition_arn"], out["multinode_job_definition_arn"]]
+    )["jobDefinitions"]
     by_arn = {d["jobDefinitionArn"]: d for d in definitions}
     single, multi = by_arn[out["job_definition_arn"]], by_arn[out["multinode_job_definition_arn"]]
     assert (single["type"], multi["type"]) == ("container", "multinode")
     for definition in (single, multi):
         assert definition["retryStrategy"]["attempts"] == 5
-        rules = [{k: v.lower() if k == "action" else v for k, v in r.items()}
-                 for r in definition["retryStrategy"]["evaluateOnExit"]]
+        rules = [
+            {k: v.lower() if k == "action" else v for k, v in r.items()}
+            for r in definition["retryStrategy"]["evaluateOnExit"]
+        ]
         assert rules == _evaluate_on_exit(retry_rules_json())
         assert definition["timeout"]["attemptDurationSeconds"] == 86400
     container = single["containerProperties"]
     assert {r["type"]: r["value"] for r in container["resourceRequirements"]} == {
-        "GPU": "1", "VCPU": "4", "MEMORY": "14336"}
+        "GPU": "1",
+        "VCPU": "4",
+        "MEMORY": "14336",
+    }
     env = {e["name"]: e["value"] for e in container["environment"]}
     assert {"FT_MODEL", "FT_TRAIN_DATA", "FT_EVAL_DATA", "FT_OUTPUT_URI", "FT_CHECKPOINT_URI"} <= env.keys()
     assert container["jobRoleArn"] == out["job_role_arn"]
@@ -72,9 +84,13 @@ def _check_resources(out: dict, name: str) -> None:
     iam = boto3.client("iam")
     for role_arn in (out["job_role_arn"], out["sagemaker_role_arn"]):
         role = role_arn.rsplit("/", 1)[1]
-        policies = [json.loads(p) if isinstance(p, str) else p for p in (
-            iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"]
-            for n in iam.list_role_policies(RoleName=role)["PolicyNames"])]
+        policies = [
+            json.loads(p) if isinstance(p, str) else p
+            for p in (
+                iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"]
+                for n in iam.list_role_policies(RoleName=role)["PolicyNames"]
+            )
+        ]
         writes = [s["Resource"] for p in policies for s in p["Statement"] if "s3:PutObject" in s["Action"]]
         assert writes == [[f"arn:aws:s3:::{bucket}/checkpoints/*", f"arn:aws:s3:::{bucket}/outputs/*"]], role
     for role in (f"{name}-batch-instance", f"{name}-batch-service", f"{name}-codebuild"):
@@ -100,8 +116,9 @@ def _check_resources(out: dict, name: str) -> None:
 
 
 def _finetune(env: dict, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "entrypoint", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoint", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.strip()
 
@@ -111,12 +128,27 @@ def _submit_to_what_terraform_made(env: dict, out: dict, moto_server: str) -> No
     import urllib.request
 
     # No container engine here: moto is told not to run the Batch job's container.
-    request = urllib.request.Request(f"{moto_server}/moto-api/config", data=json.dumps({"batch": {"use_docker": False}}).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{moto_server}/moto-api/config",
+        data=json.dumps({"batch": {"use_docker": False}}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(request, timeout=10).read()
     bucket = out["bucket_name"]
-    job_id = _finetune(env, "submit", "batch", "--job-queue", out["job_queue_name"], "--job-definition", out["job_definition_arn"],
-                       "--set", f"FT_TRAIN_DATA=s3://{bucket}/data/train.csv", "--set", "FT_LEARNING_RATE=3e-5")
+    job_id = _finetune(
+        env,
+        "submit",
+        "batch",
+        "--job-queue",
+        out["job_queue_name"],
+        "--job-definition",
+        out["job_definition_arn"],
+        "--set",
+        f"FT_TRAIN_DATA=s3://{bucket}/data/train.csv",
+        "--set",
+        "FT_LEARNING_RATE=3e-5",
+    )
     job = boto3.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]
     assert job["jobQueue"].endswith(out["job_queue_name"]) and job["jobDefinition"] == out["job_definition_arn"]
     overrides = {e["name"]: e["value"] for e in job["container"]["environment"]}
@@ -125,21 +157,49 @@ def _submit_to_what_terraform_made(env: dict, out: dict, moto_server: str) -> No
     # As the CI smoke job does: the definition by name, with this commit's image.
     image = f"{out['repository_url']}:0123456789abcdef0123456789abcdef01234567"
     definition = out["job_definition_arn"].rsplit("/", 1)[1].split(":")[0]
-    job_id = _finetune(env, "submit", "batch", "--job-queue", out["job_queue_arn"], "--job-definition", definition,
-                       "--image", image, "--set", "FT_MAX_STEPS=20")
+    job_id = _finetune(
+        env,
+        "submit",
+        "batch",
+        "--job-queue",
+        out["job_queue_arn"],
+        "--job-definition",
+        definition,
+        "--image",
+        image,
+        "--set",
+        "FT_MAX_STEPS=20",
+    )
     job = boto3.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]
     batch = boto3.client("batch")
-    new, old = (batch.describe_job_definitions(jobDefinitions=[arn])["jobDefinitions"][0]
-                for arn in (job["jobDefinition"], out["job_definition_arn"]))
+    new, old = (
+        batch.describe_job_definitions(jobDefinitions=[arn])["jobDefinitions"][0]
+        for arn in (job["jobDefinition"], out["job_definition_arn"])
+    )
     assert new["revision"] > old["revision"] and new["containerProperties"]["image"] == image
     assert {**new["containerProperties"], "image": None} == {**old["containerProperties"], "image": None}
     for key in ("retryStrategy", "timeout", "tags", "propagateTags", "platformCapabilities"):
         assert new[key] == old[key], key
 
-    name = _finetune(env, "submit", "sagemaker", "--image", f"{out['repository_url']}:test", "--role", out["sagemaker_role_arn"],
-                     "--instance-type", "ml.g5.xlarge", "--output-s3-uri", f"s3://{bucket}/outputs/",
-                     "--checkpoint-s3-uri", f"s3://{bucket}/checkpoints/sm/", "--channel", f"train=s3://{bucket}/data/",
-                     "--set", f"FT_MODEL=s3://{bucket}/models/minilm/")
+    name = _finetune(
+        env,
+        "submit",
+        "sagemaker",
+        "--image",
+        f"{out['repository_url']}:test",
+        "--role",
+        out["sagemaker_role_arn"],
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--output-s3-uri",
+        f"s3://{bucket}/outputs/",
+        "--checkpoint-s3-uri",
+        f"s3://{bucket}/checkpoints/sm/",
+        "--channel",
+        f"train=s3://{bucket}/data/",
+        "--set",
+        f"FT_MODEL=s3://{bucket}/models/minilm/",
+    )
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
     assert described["RoleArn"] == out["sagemaker_role_arn"]
     assert described["EnableManagedSpotTraining"] is True
@@ -149,9 +209,13 @@ def _submit_to_what_terraform_made(env: dict, out: dict, moto_server: str) -> No
 def test_apply_and_destroy_example_on_moto(example_root, moto_server, aws_env):
     name = f"ft-{uuid.uuid4().hex[:8]}"
     env = terraform_env(aws_env)
-    tf_vars = [f"-var=name={name}", f"-var=aws_endpoint_url={moto_server}",
-               "-var=skip_credentials_validation=true", "-var=skip_requesting_account_id=true",
-               "-var=skip_metadata_api_check=true"]
+    tf_vars = [
+        f"-var=name={name}",
+        f"-var=aws_endpoint_url={moto_server}",
+        "-var=skip_credentials_validation=true",
+        "-var=skip_requesting_account_id=true",
+        "-var=skip_metadata_api_check=true",
+    ]
 
     started = time.monotonic()
     applied = run_terraform(["apply", "-auto-approve", *tf_vars], example_root, env=env, timeout_s=900)

@@ -1,4 +1,5 @@
 """The Batch retry rules that Terraform reads are the exit-code table of entrypoint/errors.py."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,10 @@ from entrypoint.errors import retry_rules_json
 from tests.infra.terraform_support import TERRAFORM_DIR
 
 RETRY_RULES_FILE = TERRAFORM_DIR / "modules" / "batch" / "retry_rules.json"
-REGENERATE = ("python -c \"import json,entrypoint.errors as e; "
-              "print(json.dumps(e.retry_rules_json(), indent=2))\" > infra/terraform/modules/batch/retry_rules.json")
+REGENERATE = (
+    'python -c "import json,entrypoint.errors as e; '
+    'print(json.dumps(e.retry_rules_json(), indent=2))" > infra/terraform/modules/batch/retry_rules.json'
+)
 
 
 def test_retry_rules_file_is_the_exit_code_table():

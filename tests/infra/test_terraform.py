@@ -1,4 +1,5 @@
 """Terraform checks that need no AWS: formatting, validation, and `terraform test` on mocks."""
+
 from __future__ import annotations
 
 import re
@@ -32,7 +33,7 @@ def _blocks(text: str, kind: str) -> dict[str, str]:
             if depth == 0:
                 break
             i += 1
-        blocks[match.group(1)] = text[match.end():i]
+        blocks[match.group(1)] = text[match.end() : i]
     return blocks
 
 
@@ -44,8 +45,9 @@ def test_every_variable_is_typed_and_described():
         assert blocks, path
         for name, body in blocks.items():
             assert re.search(r"^\s*type\s*=", body, flags=re.M), f"{path}: variable {name} has no type"
-            assert re.search(r'^\s*description\s*=\s*"\S', body, flags=re.M), \
+            assert re.search(r'^\s*description\s*=\s*"\S', body, flags=re.M), (
                 f"{path}: variable {name} has no description"
+            )
 
 
 def test_every_output_is_described():
@@ -55,8 +57,12 @@ def test_every_output_is_described():
 
 
 def test_checkov_skips_give_reasons():
-    skips = [(path, line) for path in TERRAFORM_DIR.rglob("*.tf")
-             for line in path.read_text().splitlines() if "checkov:skip" in line]
+    skips = [
+        (path, line)
+        for path in TERRAFORM_DIR.rglob("*.tf")
+        for line in path.read_text().splitlines()
+        if "checkov:skip" in line
+    ]
     assert skips, "expected the documented checkov skips"
     for path, line in skips:
         match = re.search(r"#checkov:skip=CKV2?_AWS_\d+:(.*)$", line)

@@ -1,4 +1,5 @@
 """A tiny model and data in S3 for the end-to-end tests."""
+
 import boto3
 import pytest
 
@@ -21,9 +22,16 @@ def job_inputs(tiny_assets, bucket):
     s3 = boto3.client("s3")
     s3.upload_file(str(tiny_assets / "train.csv"), bucket, "data/train.csv")
     s3.upload_file(str(tiny_assets / "eval.csv"), bucket, "data/eval.csv")
-    return {"model": model, "train_data": f"s3://{bucket}/data/train.csv", "eval_data": f"s3://{bucket}/data/eval.csv",
-            "num_train_epochs": "3", "per_device_train_batch_size": "4", "save_steps": "25", "logging_steps": "5",
-            "seed": "7"}
+    return {
+        "model": model,
+        "train_data": f"s3://{bucket}/data/train.csv",
+        "eval_data": f"s3://{bucket}/data/eval.csv",
+        "num_train_epochs": "3",
+        "per_device_train_batch_size": "4",
+        "save_steps": "25",
+        "logging_steps": "5",
+        "seed": "7",
+    }
 
 
 def settings(job_inputs, bucket, run, tmp_path, **extra):

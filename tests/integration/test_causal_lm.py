@@ -1,5 +1,6 @@
 """FT_TASK=causal-lm end to end: `finetune train` as a subprocess against the moto S3 server on a
 tiny Llama, with a real SIGTERM and resume."""
+
 import json
 import re
 import signal
@@ -24,18 +25,33 @@ def inputs(assets, bucket):
     s3 = boto3.client("s3")
     for path in assets.glob("*.jsonl"):
         s3.upload_file(str(path), bucket, f"data/{path.name}")
-    return {"model": model, "task": "causal-lm", "per_device_train_batch_size": "4", "per_device_eval_batch_size": "16",
-            "logging_steps": "5", "seed": "7", "learning_rate": "1e-3"}
+    return {
+        "model": model,
+        "task": "causal-lm",
+        "per_device_train_batch_size": "4",
+        "per_device_eval_batch_size": "16",
+        "logging_steps": "5",
+        "seed": "7",
+        "learning_rate": "1e-3",
+    }
 
 
 def job_settings(inputs, bucket, run, tmp_path, kind, **extra):
-    return dict(inputs, train_data=f"s3://{bucket}/data/{kind}-train.jsonl", eval_data=f"s3://{bucket}/data/{kind}-eval.jsonl",
-                output_uri=f"s3://{bucket}/runs/{run}/", work_dir=str(tmp_path / f"work-{run}"), **extra)
+    return dict(
+        inputs,
+        train_data=f"s3://{bucket}/data/{kind}-train.jsonl",
+        eval_data=f"s3://{bucket}/data/{kind}-eval.jsonl",
+        output_uri=f"s3://{bucket}/runs/{run}/",
+        work_dir=str(tmp_path / f"work-{run}"),
+        **extra,
+    )
 
 
 def test_packed_text_sigterm_and_resume_is_bitwise_identical_with_perplexity(aws_env, bucket, inputs, tmp_path):
     common = {"packing": "true", "max_length": "32", "num_train_epochs": "2", "save_steps": "10"}
-    rc, out = jobs.run(jobs.child_env(aws_env, **job_settings(inputs, bucket, "straight", tmp_path, "text", **common)), tmp_path)
+    rc, out = jobs.run(
+        jobs.child_env(aws_env, **job_settings(inputs, bucket, "straight", tmp_path, "text", **common)), tmp_path
+    )
     assert rc == 0, out[-3000:]
     straight = json.loads(jobs.s3_bytes(bucket, "runs/straight/metrics.json"))
     total = straight["global_step"]
@@ -66,7 +82,9 @@ def test_packed_text_sigterm_and_resume_is_bitwise_identical_with_perplexity(aws
 
 
 def test_chat_data_trains_on_assistant_turns_and_writes_a_loadable_model(aws_env, bucket, inputs, tmp_path):
-    settings = job_settings(inputs, bucket, "chat", tmp_path, "chat", messages_column="messages", max_steps="8", max_length="64")
+    settings = job_settings(
+        inputs, bucket, "chat", tmp_path, "chat", messages_column="messages", max_steps="8", max_length="64"
+    )
     rc, out = jobs.run(jobs.child_env(aws_env, **settings), tmp_path)
     assert rc == 0, out[-3000:]
     metrics = json.loads(jobs.s3_bytes(bucket, "runs/chat/metrics.json"))

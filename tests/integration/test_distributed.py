@@ -1,5 +1,6 @@
 """Two training processes (FT_NUM_PROCESSES=2, gloo on CPU) launched by `finetune train`:
 one uploader, a stop agreed by both, resume."""
+
 import json
 import re
 import signal
@@ -44,12 +45,15 @@ def test_two_processes_train_and_only_rank_zero_uploads(aws_env, bucket, job_inp
     metrics = json.loads(jobs.s3_bytes(bucket, "runs/two/metrics.json"))
     assert metrics["global_step"] == STEPS  # the data was split between the two processes
     assert out.count("[metrics] step=") >= 1 and "[rank1] " not in "".join(
-        line for line in out.splitlines(True) if "[metrics]" in line)
+        line for line in out.splitlines(True) if "[metrics]" in line
+    )
 
 
 def test_sigterm_to_the_launcher_stops_both_at_one_step_and_resume_matches(aws_env, bucket, job_inputs, tmp_path):
     short = {"max_steps": "60"}
-    rc, out = jobs.run(jobs.child_env(aws_env, **two_process_settings(job_inputs, bucket, "straight", tmp_path, **short)), tmp_path)
+    rc, out = jobs.run(
+        jobs.child_env(aws_env, **two_process_settings(job_inputs, bucket, "straight", tmp_path, **short)), tmp_path
+    )
     assert rc == 0, out[-4000:]
 
     env = jobs.child_env(aws_env, **two_process_settings(job_inputs, bucket, "stopped", tmp_path, **short))
@@ -82,7 +86,9 @@ def test_sigterm_to_the_launcher_stops_both_at_one_step_and_resume_matches(aws_e
 def test_a_user_error_in_one_process_ends_all_with_its_exit_code(aws_env, bucket, job_inputs, tmp_path):
     # The model is fetched by the machine's first process only; the other learns of the failure
     # instead of waiting for a download that never comes.
-    env = jobs.child_env(aws_env, **two_process_settings(job_inputs, bucket, "nomodel", tmp_path, model=f"s3://{bucket}/nothing/"))
+    env = jobs.child_env(
+        aws_env, **two_process_settings(job_inputs, bucket, "nomodel", tmp_path, model=f"s3://{bucket}/nothing/")
+    )
     rc, out = jobs.run(env, tmp_path, timeout_s=120)
     assert rc == 64, out[-4000:]
     assert "[rank0]" in out and "Nothing found at s3://" in out

@@ -1,5 +1,6 @@
 """LoRA (FT_LORA_R) end to end: `finetune train` as a subprocess against the moto S3 server on a
 tiny Llama with instruction data; SIGTERM and resume of a PeftModel; adapter and merged outputs."""
+
 import json
 import signal
 
@@ -23,10 +24,21 @@ def inputs(assets, bucket):
     s3 = boto3.client("s3")
     for split in ("train", "eval"):
         s3.upload_file(str(assets / f"instruction-{split}.jsonl"), bucket, f"data/{split}.jsonl")
-    return {"model": model, "task": "causal-lm", "train_data": f"s3://{bucket}/data/train.jsonl",
-            "eval_data": f"s3://{bucket}/data/eval.jsonl", "prompt_column": "prompt", "response_column": "response",
-            "lora_r": "4", "learning_rate": "5e-3", "num_train_epochs": "1", "per_device_train_batch_size": "4",
-            "save_steps": "20", "logging_steps": "5", "seed": "7"}
+    return {
+        "model": model,
+        "task": "causal-lm",
+        "train_data": f"s3://{bucket}/data/train.jsonl",
+        "eval_data": f"s3://{bucket}/data/eval.jsonl",
+        "prompt_column": "prompt",
+        "response_column": "response",
+        "lora_r": "4",
+        "learning_rate": "5e-3",
+        "num_train_epochs": "1",
+        "per_device_train_batch_size": "4",
+        "save_steps": "20",
+        "logging_steps": "5",
+        "seed": "7",
+    }
 
 
 def job_settings(inputs, bucket, run, tmp_path, **extra):
@@ -44,7 +56,9 @@ def download_output(bucket, run, folder):
     return folder
 
 
-def test_lora_sigterm_resume_is_bitwise_identical_and_merged_output_loads_without_peft(aws_env, bucket, inputs, assets, tmp_path):
+def test_lora_sigterm_resume_is_bitwise_identical_and_merged_output_loads_without_peft(
+    aws_env, bucket, inputs, assets, tmp_path
+):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,8 +101,12 @@ def test_lora_sigterm_resume_is_bitwise_identical_and_merged_output_loads_withou
     resumed_merged = final_weights(bucket, "interrupted")
     assert_same_weights({k: v for k, v in straight_merged.state_dict().items() if k in resumed_merged}, resumed_merged)
     original = AutoModelForCausalLM.from_pretrained(assets / "model").state_dict()
-    assert not torch.equal(original["model.layers.0.self_attn.q_proj.weight"], resumed_merged["model.layers.0.self_attn.q_proj.weight"])
-    assert torch.equal(original["model.layers.0.self_attn.k_proj.weight"], resumed_merged["model.layers.0.self_attn.k_proj.weight"])
+    assert not torch.equal(
+        original["model.layers.0.self_attn.q_proj.weight"], resumed_merged["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.equal(
+        original["model.layers.0.self_attn.k_proj.weight"], resumed_merged["model.layers.0.self_attn.k_proj.weight"]
+    )
 
     # The merged output is a plain model: transformers loads it without peft and it generates.
     merged_dir = download_output(bucket, "interrupted", tmp_path / "merged")

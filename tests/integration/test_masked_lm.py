@@ -1,6 +1,7 @@
 """FT_TASK=masked-lm end to end: the tiny BERT continues pre-training on the SST-2 texts through the
 moto S3 server; perplexity is reported; a SIGTERM-interrupted, resumed run ends with the same
 weights as an uninterrupted one (the masks are random: this checks they are drawn alike)."""
+
 import json
 import math
 

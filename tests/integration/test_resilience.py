@@ -1,5 +1,6 @@
 """Spot resilience end to end: the spot notice, kill -9 at random moments, a misbehaving S3,
 a stale attempt still writing, and SageMaker's synced checkpoint folder."""
+
 import json
 import random
 import shutil
@@ -9,7 +10,6 @@ import time
 import pytest
 
 from entrypoint.durability import checkpoints as ck
-
 from entrypoint.durability import manifests as mf
 from entrypoint.io.storage import S3Store
 from tests.integration.conftest import assert_same_weights, final_weights, settings
@@ -41,7 +41,9 @@ def test_spot_notice_checkpoints_and_exits_143_with_zero_steps_lost(aws_env, buc
     expected = baseline(aws_env, bucket, job_inputs, tmp_path)
     imds = FakeIMDS()
     try:
-        env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "notice", tmp_path, spot_notice_poll_seconds="0.2"))
+        env = jobs.child_env(
+            aws_env, **settings(job_inputs, bucket, "notice", tmp_path, spot_notice_poll_seconds="0.2")
+        )
         env.pop("AWS_EC2_METADATA_DISABLED")
         env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.url
         job = jobs.Job(env, tmp_path)
@@ -67,8 +69,12 @@ def kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills: int, seed: int, 
     `epochs` must leave enough work for every kill to land before the job ends."""
     expected = baseline(aws_env, bucket, job_inputs, tmp_path, save_steps="5", num_train_epochs=epochs)
     rng = random.Random(seed)
-    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "killed", tmp_path, save_steps="5", checkpoint_keep_last="1",
-                                             num_train_epochs=epochs))
+    env = jobs.child_env(
+        aws_env,
+        **settings(
+            job_inputs, bucket, "killed", tmp_path, save_steps="5", checkpoint_keep_last="1", num_train_epochs=epochs
+        ),
+    )
     done, restored, lives = 0, [], 0
     while True:
         lives += 1
@@ -109,7 +115,9 @@ def test_flaky_s3_retries_and_the_job_finishes_identically(aws_env, bucket, job_
     expected = baseline(aws_env, bucket, job_inputs, tmp_path)
     proxy = FaultProxy(aws_env["AWS_ENDPOINT_URL"], rate=0.15, seed=7)
     try:
-        env = jobs.child_env(dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "flaky", tmp_path))
+        env = jobs.child_env(
+            dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "flaky", tmp_path)
+        )
         env["AWS_MAX_ATTEMPTS"] = "10"
         rc, out = jobs.run(env, tmp_path)
         assert rc == 0, out[-3000:]
@@ -123,7 +131,9 @@ def test_flaky_s3_retries_and_the_job_finishes_identically(aws_env, bucket, job_
 def test_a_failed_checkpoint_upload_is_logged_and_training_goes_on(aws_env, bucket, job_inputs, tmp_path):
     proxy = FaultProxy(aws_env["AWS_ENDPOINT_URL"], fail_paths=("checkpoint-000000025-",))
     try:
-        env = jobs.child_env(dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "ckfail", tmp_path))
+        env = jobs.child_env(
+            dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "ckfail", tmp_path)
+        )
         env["AWS_MAX_ATTEMPTS"] = "2"
         rc, out = jobs.run(env, tmp_path)
     finally:
@@ -138,7 +148,9 @@ def test_a_failed_checkpoint_upload_is_logged_and_training_goes_on(aws_env, buck
 def test_a_failed_final_model_upload_fails_the_job(aws_env, bucket, job_inputs, tmp_path):
     proxy = FaultProxy(aws_env["AWS_ENDPOINT_URL"], fail_paths=("runs/final/model.safetensors",))
     try:
-        env = jobs.child_env(dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "final", tmp_path, max_steps="20"))
+        env = jobs.child_env(
+            dict(aws_env, AWS_ENDPOINT_URL=proxy.url), **settings(job_inputs, bucket, "final", tmp_path, max_steps="20")
+        )
         env["AWS_MAX_ATTEMPTS"] = "2"
         rc, out = jobs.run(env, tmp_path)
     finally:
@@ -168,10 +180,18 @@ def sagemaker_dirs(root, tiny_assets):
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "data" / "train").mkdir(parents=True)
     shutil.copy(tiny_assets / "train.csv", root / "input" / "data" / "train" / "train.csv")
-    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    (root / "input" / "config" / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
+    )
     (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"train": {}}))
-    hyper = {"model": json.dumps(str(tiny_assets / "model")), "num_train_epochs": "3", "per_device_train_batch_size": "4",
-             "save_steps": "25", "logging_steps": "5", "seed": "7"}
+    hyper = {
+        "model": json.dumps(str(tiny_assets / "model")),
+        "num_train_epochs": "3",
+        "per_device_train_batch_size": "4",
+        "save_steps": "25",
+        "logging_steps": "5",
+        "seed": "7",
+    }
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
     return root
 

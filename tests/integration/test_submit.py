@@ -4,6 +4,7 @@ moto runs Batch jobs in containers unless told otherwise; these tests check the 
 the job, so the server is switched to `{"batch": {"use_docker": false}}` (jobs succeed at once)
 and switched back afterwards.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def finetune(args: list[str], env: dict, timeout_s: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "entrypoint", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **env, "HF_HUB_OFFLINE": "1"}, timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoint", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "HF_HUB_OFFLINE": "1"},
+        timeout=timeout_s,
+    )
 
 
 def _moto_config(url: str, body: dict | None = None) -> dict:
@@ -41,18 +48,31 @@ def batch_queue(aws_env, moto_server):
     iam, batch = boto3.client("iam"), boto3.client("batch")
     role = iam.create_role(RoleName=f"batch-service-{suffix}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     environment = batch.create_compute_environment(
-        computeEnvironmentName=f"finetune-{suffix}", type="UNMANAGED", state="ENABLED", serviceRole=role)
+        computeEnvironmentName=f"finetune-{suffix}", type="UNMANAGED", state="ENABLED", serviceRole=role
+    )
     queue = f"finetune-{suffix}"
-    batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=1, computeEnvironmentOrder=[
-        {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}])
+    batch.create_job_queue(
+        jobQueueName=queue,
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}],
+    )
     definition = f"finetune-{suffix}"
     job_role = iam.create_role(RoleName=f"batch-job-{suffix}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     batch.register_job_definition(
-        jobDefinitionName=definition, type="container", retryStrategy={"attempts": 3},
-        timeout={"attemptDurationSeconds": 7200}, tags={"Project": "finetune"},
-        containerProperties={"image": "finetune:test", "command": ["finetune"], "jobRoleArn": job_role,
-                             "environment": [{"name": "FT_MODEL", "value": "s3://b/models/tiny/"}],
-                             "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}]})
+        jobDefinitionName=definition,
+        type="container",
+        retryStrategy={"attempts": 3},
+        timeout={"attemptDurationSeconds": 7200},
+        tags={"Project": "finetune"},
+        containerProperties={
+            "image": "finetune:test",
+            "command": ["finetune"],
+            "jobRoleArn": job_role,
+            "environment": [{"name": "FT_MODEL", "value": "s3://b/models/tiny/"}],
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}],
+        },
+    )
     yield queue, definition
     _moto_config(moto_server, {"batch": before})
 
@@ -67,10 +87,34 @@ def test_submit_batch_lands_settings_as_environment_overrides(aws_env, batch_que
     queue, definition = batch_queue
     env_file = tmp_path / "job.env"
     env_file.write_text("FT_MODEL=distilbert-base-uncased\nFT_LEARNING_RATE=1e-4\n")
-    result = finetune(["submit", "batch", "--job-queue", queue, "--job-definition", definition,
-                       "--job-name", "sweep-1", "--env-file", str(env_file), "--set", "FT_LEARNING_RATE=3e-5",
-                       "--env", "HF_HUB_OFFLINE=1", "--array-size", "3", "--timeout-seconds", "3600",
-                       "--attempts", "2", "--wait", "--poll-seconds", "0.2"], aws_env)
+    result = finetune(
+        [
+            "submit",
+            "batch",
+            "--job-queue",
+            queue,
+            "--job-definition",
+            definition,
+            "--job-name",
+            "sweep-1",
+            "--env-file",
+            str(env_file),
+            "--set",
+            "FT_LEARNING_RATE=3e-5",
+            "--env",
+            "HF_HUB_OFFLINE=1",
+            "--array-size",
+            "3",
+            "--timeout-seconds",
+            "3600",
+            "--attempts",
+            "2",
+            "--wait",
+            "--poll-seconds",
+            "0.2",
+        ],
+        aws_env,
+    )
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     assert len(result.stdout.splitlines()) == 1
@@ -92,8 +136,18 @@ def test_submit_batch_with_image_runs_a_new_revision_that_differs_only_in_its_im
     batch = boto3.client("batch")
     old = batch.describe_job_definitions(jobDefinitionName=definition)["jobDefinitions"][0]
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:0123456789abcdef"
-    argv = ["submit", "batch", "--job-queue", queue, "--job-definition", definition, "--image", image,
-            "--set", "FT_MAX_STEPS=20"]
+    argv = [
+        "submit",
+        "batch",
+        "--job-queue",
+        queue,
+        "--job-definition",
+        definition,
+        "--image",
+        image,
+        "--set",
+        "FT_MAX_STEPS=20",
+    ]
 
     dry = finetune([*argv, "--dry-run"], aws_env)
     assert dry.returncode == 0, dry.stderr
@@ -109,8 +163,9 @@ def test_submit_batch_with_image_runs_a_new_revision_that_differs_only_in_its_im
     assert (new["jobDefinitionName"], new["revision"]) == (definition, old["revision"] + 1)
     assert f"registered job definition {new['jobDefinitionArn']}" in result.stderr
     assert new["containerProperties"]["image"] == image
-    assert {k: v for k, v in new["containerProperties"].items() if k != "image"} == \
-        {k: v for k, v in old["containerProperties"].items() if k != "image"}
+    assert {k: v for k, v in new["containerProperties"].items() if k != "image"} == {
+        k: v for k, v in old["containerProperties"].items() if k != "image"
+    }
     for key in ("type", "retryStrategy", "timeout", "tags", "parameters"):
         assert new[key] == old[key], key
     # (moto's job description carries no image of its own; the definition's is the one that runs.)
@@ -128,8 +183,10 @@ def test_submit_batch_with_image_runs_a_new_revision_that_differs_only_in_its_im
 
 def test_submit_batch_with_an_unknown_setting_exits_64_and_submits_nothing(aws_env, batch_queue):
     queue, definition = batch_queue
-    result = finetune(["submit", "batch", "--job-queue", queue, "--job-definition", definition,
-                       "--set", "FT_LERNING_RATE=3e-5"], aws_env)
+    result = finetune(
+        ["submit", "batch", "--job-queue", queue, "--job-definition", definition, "--set", "FT_LERNING_RATE=3e-5"],
+        aws_env,
+    )
     assert result.returncode == 64
     assert "Did you mean FT_LEARNING_RATE?" in result.stderr
     assert result.stdout == ""
@@ -145,11 +202,28 @@ def test_submit_batch_to_a_missing_queue_is_a_user_error(aws_env, batch_queue):
 
 
 def test_submit_sagemaker_creates_a_managed_spot_job_with_checkpoints_and_metrics(aws_env, sagemaker_role, bucket):
-    argv = ["submit", "sagemaker", "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:1",
-            "--role", sagemaker_role, "--instance-type", "ml.g5.xlarge",
-            "--output-s3-uri", f"s3://{bucket}/jobs", "--channel", f"train=s3://{bucket}/data/train",
-            "--set", "FT_LEARNING_RATE=3e-5", "--set", "FT_NUM_TRAIN_EPOCHS=2",
-            "--env", "HF_HUB_OFFLINE=1", "--max-runtime-seconds", "3600"]
+    argv = [
+        "submit",
+        "sagemaker",
+        "--image",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:1",
+        "--role",
+        sagemaker_role,
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--output-s3-uri",
+        f"s3://{bucket}/jobs",
+        "--channel",
+        f"train=s3://{bucket}/data/train",
+        "--set",
+        "FT_LEARNING_RATE=3e-5",
+        "--set",
+        "FT_NUM_TRAIN_EPOCHS=2",
+        "--env",
+        "HF_HUB_OFFLINE=1",
+        "--max-runtime-seconds",
+        "3600",
+    ]
     result = finetune(argv, aws_env)
     assert result.returncode == 0, result.stderr
     name = result.stdout.strip()
@@ -159,8 +233,10 @@ def test_submit_sagemaker_creates_a_managed_spot_job_with_checkpoints_and_metric
     assert job["EnableManagedSpotTraining"] is True
     assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 3600
     assert job["StoppingCondition"]["MaxWaitTimeInSeconds"] == 7200
-    assert job["CheckpointConfig"] == {"S3Uri": f"s3://{bucket}/jobs/{name}/checkpoints",
-                                       "LocalPath": "/opt/ml/checkpoints"}
+    assert job["CheckpointConfig"] == {
+        "S3Uri": f"s3://{bucket}/jobs/{name}/checkpoints",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
     assert job["HyperParameters"] == {"learning_rate": "3e-5", "num_train_epochs": "2"}
     assert job["OutputDataConfig"]["S3OutputPath"] == f"s3://{bucket}/jobs"
     assert job["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 100}
@@ -174,8 +250,16 @@ def test_submit_sagemaker_creates_a_managed_spot_job_with_checkpoints_and_metric
     dry = finetune([*argv, "--job-name", name, "--dry-run"], aws_env)
     assert dry.returncode == 0, dry.stderr
     sent = json.loads(dry.stdout)
-    for key in ("EnableManagedSpotTraining", "StoppingCondition", "CheckpointConfig", "HyperParameters",
-                "OutputDataConfig", "ResourceConfig", "InputDataConfig", "RoleArn"):
+    for key in (
+        "EnableManagedSpotTraining",
+        "StoppingCondition",
+        "CheckpointConfig",
+        "HyperParameters",
+        "OutputDataConfig",
+        "ResourceConfig",
+        "InputDataConfig",
+        "RoleArn",
+    ):
         assert sent[key] == job[key], key
     assert sent["Environment"] == {"HF_HUB_OFFLINE": "1"}
     metrics = {m["Name"] for m in sent["AlgorithmSpecification"]["MetricDefinitions"]}

@@ -1,4 +1,5 @@
 """`finetune train` end to end: a subprocess against the moto S3 server, real SIGTERMs."""
+
 import json
 import signal
 
@@ -42,7 +43,9 @@ def test_sigterm_checkpoints_to_s3_exits_143_and_resume_is_bitwise_identical(aws
 
 
 def test_outputs_are_a_loadable_model_with_labels(aws_env, bucket, job_inputs, tmp_path):
-    rc, out = jobs.run(jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "r", tmp_path), max_steps="10")), tmp_path)
+    rc, out = jobs.run(
+        jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "r", tmp_path), max_steps="10")), tmp_path
+    )
     assert rc == 0, out[-3000:]
     keys = jobs.s3_keys(bucket, "runs/r/")
     for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json"):
@@ -55,7 +58,9 @@ def test_outputs_are_a_loadable_model_with_labels(aws_env, bucket, job_inputs, t
 
 
 def test_bad_settings_exit_64_with_every_problem_and_no_traceback(aws_env, bucket, job_inputs, tmp_path):
-    env = jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "bad", tmp_path), save_steps="ten", lerning_rate="1"))
+    env = jobs.child_env(
+        aws_env, **dict(settings(job_inputs, bucket, "bad", tmp_path), save_steps="ten", lerning_rate="1")
+    )
     rc, out = jobs.run(env, tmp_path)
     assert rc == 64
     assert "FT_SAVE_STEPS is invalid" in out and "Did you mean FT_LEARNING_RATE?" in out
@@ -70,6 +75,8 @@ def test_missing_column_is_a_user_error(aws_env, bucket, job_inputs, tmp_path):
 
 
 def test_missing_model_is_a_user_error(aws_env, bucket, job_inputs, tmp_path):
-    env = jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "nomodel", tmp_path), model=f"s3://{bucket}/nothing/"))
+    env = jobs.child_env(
+        aws_env, **dict(settings(job_inputs, bucket, "nomodel", tmp_path), model=f"s3://{bucket}/nothing/")
+    )
     rc, out = jobs.run(env, tmp_path)
     assert rc == 64 and "Nothing found at s3://" in out and "Traceback" not in out

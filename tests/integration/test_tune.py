@@ -1,4 +1,5 @@
 """`finetune tune` end to end: a subprocess against the moto S3 server, a real SIGTERM mid-trial."""
+
 import json
 import signal
 
@@ -9,7 +10,9 @@ from tests.support import jobs
 
 pytestmark = pytest.mark.integration
 
-SPACE = json.dumps({"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}, "per_device_train_batch_size": {"choices": [4, 8]}})
+SPACE = json.dumps(
+    {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}, "per_device_train_batch_size": {"choices": [4, 8]}}
+)
 
 
 def tune_json(bucket, run):
@@ -21,8 +24,10 @@ def states(report):
 
 
 def test_search_records_every_trial_and_the_best_in_s3(aws_env, bucket, job_inputs, tmp_path):
-    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "search", tmp_path, max_steps="10", tune_trials="3",
-                                             tune_search_space=SPACE))
+    env = jobs.child_env(
+        aws_env,
+        **settings(job_inputs, bucket, "search", tmp_path, max_steps="10", tune_trials="3", tune_search_space=SPACE),
+    )
     rc, out = jobs.run(env, tmp_path, "tune")
     assert rc == 0, out[-3000:]
     report = tune_json(bucket, "search")
@@ -42,8 +47,10 @@ def test_search_records_every_trial_and_the_best_in_s3(aws_env, bucket, job_inpu
 
 def test_sigterm_mid_trial_exits_143_and_a_rerun_completes_the_search(aws_env, bucket, job_inputs, tmp_path):
     # 30 steps per trial: long enough for the signal to land while trial 1 trains.
-    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "resume", tmp_path, max_steps="30", tune_trials="3",
-                                             tune_search_space=SPACE))
+    env = jobs.child_env(
+        aws_env,
+        **settings(job_inputs, bucket, "resume", tmp_path, max_steps="30", tune_trials="3", tune_search_space=SPACE),
+    )
     job = jobs.Job(env, tmp_path, "tune")
     job.wait_for("trial 1: ")
     job.signal(signal.SIGTERM)

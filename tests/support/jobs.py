@@ -1,4 +1,5 @@
 """Running the `finetune` command as a subprocess, as users and platforms do."""
+
 from __future__ import annotations
 
 import os
@@ -34,12 +35,20 @@ class Job:
     """A running `finetune train`, with its output collected line by line."""
 
     def __init__(self, env: dict, cwd: Path, *args: str):
-        self.proc = subprocess.Popen(finetune_cmd(*(args or ("train",))), env=env, cwd=cwd, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            finetune_cmd(*(args or ("train",))),
+            env=env,
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True),
+        ]
         for t in self._threads:
             t.start()
 

@@ -1,5 +1,6 @@
 """A tiny random-initialised decoder (Llama architecture) with a byte-level BPE tokenizer and a
 ChatML-style chat template, for causal-lm and LoRA tests (seconds on a CPU)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,12 @@ def build_tokenizer(texts: list[str], chat_template: bool = True):
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     special = [EOS, "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, model_max_length=128)
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
@@ -36,9 +41,18 @@ def build_tiny_llama(folder: Path, texts: list[str], chat_template: bool = True)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(texts, chat_template)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -60,8 +74,15 @@ def sst2_as(kind: str, rows: list[dict]) -> list[dict]:
         return [{"text": r["text"]} for r in rows]
     if kind == "instruction":
         return [{"prompt": f"Review: {r['text']}\nSentiment:", "response": word[r["label"]]} for r in rows]
-    return [{"messages": [{"role": "user", "content": r["text"]}, {"role": "assistant", "content": word[r["label"]].strip()}]}
-            for r in rows]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": r["text"]},
+                {"role": "assistant", "content": word[r["label"]].strip()},
+            ]
+        }
+        for r in rows
+    ]
 
 
 def build_assets(root: Path, rows: int = 400) -> Path:

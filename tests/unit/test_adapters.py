@@ -1,12 +1,12 @@
 """LoRA via peft: what trains, defaults, merging, and QLoRA's clear refusal on CPU."""
+
 import pytest
 import torch
 
-from entrypoint.job import adapters
-from entrypoint.job import outputs
-from entrypoint.errors import UserError
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import load_settings
+from entrypoint.errors import UserError
+from entrypoint.job import adapters, outputs
 from entrypoint.tasks import causal_lm, classification
 from tests.support import tiny, tiny_causal
 
@@ -50,7 +50,10 @@ def test_lora_trains_adapters_on_the_architectures_default_modules_only(llama_di
 
 
 def test_target_modules_setting_and_unknown_architectures():
-    assert adapters.target_modules(settings(lora_r=4, lora_target_modules="gate_proj,up_proj"), "llama") == ["gate_proj", "up_proj"]
+    assert adapters.target_modules(settings(lora_r=4, lora_target_modules="gate_proj,up_proj"), "llama") == [
+        "gate_proj",
+        "up_proj",
+    ]
     assert adapters.target_modules(settings(lora_r=4), "llama") is None  # peft knows llama
     assert adapters.target_modules(settings(lora_r=4), "brand-new-arch") == "all-linear"
 
@@ -99,7 +102,9 @@ def test_merged_model_computes_what_the_adapter_model_computes_and_loads_without
         def __init__(self, model, tokenizer):
             self.model, self.processing_class = model, tokenizer
 
-    folder = outputs.save_model(FakeTrainer(model, AutoTokenizer.from_pretrained(llama_dir)), tmp_path / "out", merge_adapter=True)
+    folder = outputs.save_model(
+        FakeTrainer(model, AutoTokenizer.from_pretrained(llama_dir)), tmp_path / "out", merge_adapter=True
+    )
     assert base is not None and not (folder / "adapter_config.json").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert not any("lora" in n for n, _ in reloaded.named_parameters())

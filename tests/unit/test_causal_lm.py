@@ -1,12 +1,13 @@
 """causal-lm task: label masking (instruction, chat), packing, padding, perplexity."""
+
 import math
 
 import datasets
 import pytest
 
-from entrypoint.errors import UserError
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import load_settings
+from entrypoint.errors import UserError
 from entrypoint.tasks import causal_lm
 from entrypoint.tasks.causal_lm import IGNORE
 from entrypoint.tasks.perplexity import perplexity
@@ -36,7 +37,10 @@ def targets(tokenizer, ids, labels) -> str:
 
 def test_columns_follow_the_kind_of_data():
     assert causal_lm.columns(settings()) == {"FT_TEXT_COLUMN": "text"}
-    assert causal_lm.columns(settings(prompt_column="q", response_column="a")) == {"FT_PROMPT_COLUMN": "q", "FT_RESPONSE_COLUMN": "a"}
+    assert causal_lm.columns(settings(prompt_column="q", response_column="a")) == {
+        "FT_PROMPT_COLUMN": "q",
+        "FT_RESPONSE_COLUMN": "a",
+    }
     assert causal_lm.columns(settings(messages_column="chat")) == {"FT_MESSAGES_COLUMN": "chat"}
 
 
@@ -51,9 +55,13 @@ def test_instruction_loss_covers_the_response_and_eos_only(tokenizer):
 
 
 def test_chat_loss_covers_assistant_turns_only(tokenizer):
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "how was the film"},
-            {"role": "assistant", "content": "a fine film"}, {"role": "user", "content": "and the acting"},
-            {"role": "assistant", "content": "dull"}]
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "how was the film"},
+        {"role": "assistant", "content": "a fine film"},
+        {"role": "user", "content": "and the acting"},
+        {"role": "assistant", "content": "dull"},
+    ]
     out = causal_lm.encode_chat([chat], tokenizer, 128)
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert tokenizer.decode(ids) == tokenizer.apply_chat_template(chat, tokenize=False)
@@ -73,7 +81,9 @@ def test_chat_rows_may_be_json_text_and_bad_rows_are_user_errors(tokenizer):
 
 def test_chat_without_a_template_is_a_user_error(texts):
     plain = tiny_causal.build_tokenizer(texts, chat_template=False)
-    ds = datasets.Dataset.from_list([{"chat": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
+    ds = datasets.Dataset.from_list(
+        [{"chat": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    )
     with pytest.raises(UserError, match="chat template"):
         causal_lm.tokenize(ds, plain, settings(messages_column="chat"), {})
 
@@ -111,7 +121,9 @@ def test_examples_whose_response_is_truncated_away_are_dropped(tokenizer):
     out = causal_lm.tokenize(ds, tokenizer, settings(prompt_column="q", response_column="a", max_length=24), {})
     assert len(out) == 1 and targets(tokenizer, out["input_ids"][0], out["labels"][0]) == " yes" + tiny_causal.EOS
     with pytest.raises(UserError, match="no example has a target token"):
-        causal_lm.tokenize(ds.select([1]), tokenizer, settings(prompt_column="q", response_column="a", max_length=24), {})
+        causal_lm.tokenize(
+            ds.select([1]), tokenizer, settings(prompt_column="q", response_column="a", max_length=24), {}
+        )
 
 
 def test_collator_pads_right_with_ignored_labels_and_eos_as_pad(tokenizer):
@@ -135,8 +147,13 @@ def test_evaluation_reports_perplexity_without_keeping_logits(tmp_path, texts):
     model = causal_lm.load_model(folder, "tiny", {}, s, 0)
     ds = causal_lm.tokenize(datasets.Dataset.from_dict({"text": texts[:16]}), tok, s, {})
     trainer_cls, extra = causal_lm.TASK.trainer(s, {})
-    trainer = trainer_cls(model=model, args=TrainingArguments(str(tmp_path / "out"), per_device_eval_batch_size=8, report_to=[], use_cpu=True),
-                          eval_dataset=ds, data_collator=causal_lm.collator(tok, model, s), **extra)
+    trainer = trainer_cls(
+        model=model,
+        args=TrainingArguments(str(tmp_path / "out"), per_device_eval_batch_size=8, report_to=[], use_cpu=True),
+        eval_dataset=ds,
+        data_collator=causal_lm.collator(tok, model, s),
+        **extra,
+    )
     metrics = trainer.evaluate()
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
     assert metrics["eval_perplexity"] > 100  # random weights over a 400-token vocabulary

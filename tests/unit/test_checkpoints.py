@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from entrypoint.durability import attempts, upload_process
-from entrypoint.durability import manifests as mf
 from entrypoint.durability import checkpoints as ck
+from entrypoint.durability import manifests as mf
 from entrypoint.durability.sync import CheckpointSync
 from entrypoint.io.storage import LocalStore, S3Store
 
@@ -53,13 +53,20 @@ def test_retention_keeps_newest_n_and_the_best_and_never_the_only_complete():
     found = mf.checkpoints_from(*listing_for(*specs))
     assert [c.step for c in mf.to_delete(found, keep_last=2, best_step=None)] == [20, 10]
     assert [c.step for c in mf.to_delete(found, keep_last=2, best_step=10)] == [20]
-    only = mf.checkpoints_from(*listing_for((mf.store_name(10, 1), {"w": 1}, True), (mf.store_name(20, 1), {"w": 1}, None)))
+    only = mf.checkpoints_from(
+        *listing_for((mf.store_name(10, 1), {"w": 1}, True), (mf.store_name(20, 1), {"w": 1}, None))
+    )
     assert mf.to_delete(only, keep_last=1, best_step=None) == []
 
 
 def test_retention_removes_incomplete_leftovers_older_than_the_newest_complete():
-    found = mf.checkpoints_from(*listing_for(
-        (mf.store_name(10, 1), {"w": 1}, None), (mf.store_name(20, 1), {"w": 1}, True), (mf.store_name(30, 2), {"w": 1}, None)))
+    found = mf.checkpoints_from(
+        *listing_for(
+            (mf.store_name(10, 1), {"w": 1}, None),
+            (mf.store_name(20, 1), {"w": 1}, True),
+            (mf.store_name(30, 2), {"w": 1}, None),
+        )
+    )
     assert [c.step for c in mf.to_delete(found, keep_last=1, best_step=None)] == [10]
 
 

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from entrypoint.job import data
-from entrypoint.errors import UserError
-from entrypoint.tasks import classification
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import load_settings
+from entrypoint.errors import UserError
+from entrypoint.job import data
+from entrypoint.tasks import classification
 
 
 def load(s, tmp_path):
@@ -21,7 +21,9 @@ def settings_for(tmp_path, **extra):
 
 def test_string_labels_are_mapped_sorted_and_eval_uses_the_same_ids(tmp_path):
     (tmp_path / "t.csv").write_text("text,label\na,pos\nb,neg\nc,pos\n")
-    (tmp_path / "e.jsonl").write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [("d", "neg"), ("e", "pos")]))
+    (tmp_path / "e.jsonl").write_text(
+        "\n".join(json.dumps({"text": t, "label": l}) for t, l in [("d", "neg"), ("e", "pos")])
+    )
     s = settings_for(tmp_path, train_data=str(tmp_path / "t.csv"), eval_data=str(tmp_path / "e.jsonl"))
     splits = load(s, tmp_path)
     assert splits.info["id2label"] == {0: "neg", 1: "pos"}
@@ -34,7 +36,9 @@ def test_a_folder_of_parquet_files_and_integer_labels(tmp_path):
     (tmp_path / "d").mkdir()
     pd.DataFrame({"sentence": ["a", "b"], "y": [0, 2]}).to_parquet(tmp_path / "d" / "p1.parquet")
     pd.DataFrame({"sentence": ["c"], "y": [1]}).to_parquet(tmp_path / "d" / "p2.parquet")
-    s = settings_for(tmp_path, train_data=str(tmp_path / "d"), text_column="sentence", label_column="y", validation_split="0.34")
+    s = settings_for(
+        tmp_path, train_data=str(tmp_path / "d"), text_column="sentence", label_column="y", validation_split="0.34"
+    )
     splits = load(s, tmp_path)
     assert splits.info["id2label"] == {0: "0", 1: "1", 2: "2"}
     assert len(splits.train) + len(splits.eval) == 3 and len(splits.eval) >= 1

@@ -1,15 +1,16 @@
 """How `finetune train` launches (launch.launch_plan) and how processes agree to stop."""
+
 import signal
 import threading
 
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from entrypoint.parallel import launch
-from entrypoint.durability import interruption
-from entrypoint.parallel.launch import LaunchPlan, exit_code, launch_plan
-from entrypoint.errors import Interrupted
 from entrypoint.config.platform import Runtime, detect, process_label
+from entrypoint.durability import interruption
+from entrypoint.errors import Interrupted
+from entrypoint.parallel import launch
+from entrypoint.parallel.launch import LaunchPlan, exit_code, launch_plan
 
 LOCAL = Runtime(platform="local")
 
@@ -20,8 +21,12 @@ def sagemaker(current: str, hosts=("algo-2", "algo-1")) -> Runtime:
 
 
 def batch(node: int, main: int = 0, nodes: int = 2, main_address: str | None = "10.0.0.7") -> Runtime:
-    environ = {"AWS_BATCH_JOB_ID": "abc#%d" % node, "AWS_BATCH_JOB_NUM_NODES": str(nodes),
-               "AWS_BATCH_JOB_NODE_INDEX": str(node), "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(main)}
+    environ = {
+        "AWS_BATCH_JOB_ID": "abc#%d" % node,
+        "AWS_BATCH_JOB_NUM_NODES": str(nodes),
+        "AWS_BATCH_JOB_NODE_INDEX": str(node),
+        "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(main),
+    }
     if main_address and node != main:  # Batch sets the main node's address on the other nodes only
         environ["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = main_address
     return detect(environ, {})
@@ -56,16 +61,30 @@ def test_sagemaker_two_hosts_rank_by_sorted_host_name():
     first, second = launch_plan(sagemaker("algo-1"), None, 4, {}), launch_plan(sagemaker("algo-2"), None, 4, {})
     assert first == LaunchPlan(nproc_per_node=4, nnodes=2, node_rank=0, master_addr="algo-1", master_port=29500)
     assert second == LaunchPlan(nproc_per_node=4, nnodes=2, node_rank=1, master_addr="algo-1", master_port=29500)
-    assert second.torchrun_args() == ["--nnodes", "2", "--node-rank", "1", "--master-addr", "algo-1",
-                                      "--master-port", "29500", "--nproc-per-node", "4"]
+    assert second.torchrun_args() == [
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--master-addr",
+        "algo-1",
+        "--master-port",
+        "29500",
+        "--nproc-per-node",
+        "4",
+    ]
 
 
 def test_sagemaker_two_cpu_hosts_still_launch_one_process_each():
-    assert launch_plan(sagemaker("algo-2"), None, 0, {}) == LaunchPlan(1, 2, 1, "algo-1", 29500, (("ACCELERATE_USE_CPU", "true"),))
+    assert launch_plan(sagemaker("algo-2"), None, 0, {}) == LaunchPlan(
+        1, 2, 1, "algo-1", 29500, (("ACCELERATE_USE_CPU", "true"),)
+    )
 
 
 def test_sagemaker_hosts_from_resourceconfig():
-    rt = detect({"TRAINING_JOB_NAME": "j"}, {"resourceconfig.json": '{"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}'})
+    rt = detect(
+        {"TRAINING_JOB_NAME": "j"}, {"resourceconfig.json": '{"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}'}
+    )
     assert launch_plan(rt, None, 1, {}) == LaunchPlan(1, 2, 1, "algo-1", 29500)
 
 
@@ -236,7 +255,7 @@ import atexit, torch.distributed as dist
 atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))  # runs after close
 from entrypoint.parallel import collectives as distributed
 distributed.close_at_exit()
-dist.init_process_group("gloo", init_method="file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+dist.init_process_group("gloo", init_method="file://{tmp_path / "rendezvous"}", rank=0, world_size=1)
 dist.barrier()
 print("initialized:", dist.is_initialized())
 """

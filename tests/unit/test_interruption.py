@@ -3,8 +3,8 @@ import signal
 import time
 from types import SimpleNamespace
 
-from entrypoint.durability import accounting, interruption
 from entrypoint.config.platform import Runtime
+from entrypoint.durability import accounting, interruption
 from tests.support.fakes import FakeIMDS
 
 
@@ -53,8 +53,13 @@ def test_spot_notice_poller_uses_imdsv2_and_raises_the_flag():
 def test_poller_runs_on_batch_or_where_the_endpoint_is_set_and_never_when_disabled():
     stop = interruption.StopRequest()
     assert interruption.start_spot_poller(stop, {}, Runtime("local"), 1) is None
-    assert interruption.start_spot_poller(stop, {"AWS_EC2_METADATA_DISABLED": "true"}, Runtime("batch", job_id="j"), 1) is None
-    poller = interruption.start_spot_poller(stop, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}, Runtime("local"), 60)
+    assert (
+        interruption.start_spot_poller(stop, {"AWS_EC2_METADATA_DISABLED": "true"}, Runtime("batch", job_id="j"), 1)
+        is None
+    )
+    poller = interruption.start_spot_poller(
+        stop, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}, Runtime("local"), 60
+    )
     try:
         assert poller is not None and poller.endpoint == "http://127.0.0.1:9"
     finally:

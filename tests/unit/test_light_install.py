@@ -16,7 +16,8 @@ def test_the_shipped_training_argument_names_are_the_installed_transformers():
     shipped = json.loads(settings.TRAINING_ARGUMENT_NAMES_FILE.read_text())
     assert shipped["names"] == settings.all_training_argument_names(), (
         "transformers changed TrainingArguments: regenerate with "
-        "`finetune settings --names-json > entrypoint/config/training_argument_names.json`")
+        "`finetune settings --names-json > entrypoint/config/training_argument_names.json`"
+    )
 
 
 def run_without_heavy_packages(code: str) -> subprocess.CompletedProcess:
@@ -30,8 +31,9 @@ def run_without_heavy_packages(code: str) -> subprocess.CompletedProcess:
         sys.meta_path.insert(0, Block())
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
-    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", blocker + textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_submit_works_without_the_training_stack():
@@ -74,13 +76,33 @@ def test_submit_in_a_venv_with_only_the_base_dependencies(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, root], check=True, timeout=600)
-    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"], capture_output=True,
-                            text=True, check=True, timeout=120)
+    listed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     installed = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert not installed & {"torch", "transformers", "datasets"}, installed
-    done = subprocess.run([str(venv / "bin" / "finetune"), "submit", "batch", "--job-queue", "q", "--job-definition",
-                           "d", "--set", "FT_MODEL=s3://b/m/", "--dry-run"], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [
+            str(venv / "bin" / "finetune"),
+            "submit",
+            "batch",
+            "--job-queue",
+            "q",
+            "--job-definition",
+            "d",
+            "--set",
+            "FT_MODEL=s3://b/m/",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["jobQueue"] == "q"
 

@@ -1,12 +1,13 @@
 """masked-lm: tokenization, the reproducible masking collator, perplexity."""
+
 import math
 
 import pytest
 import torch
 
-from entrypoint.errors import UserError
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import load_settings
+from entrypoint.errors import UserError
 from entrypoint.tasks import masked_lm
 from entrypoint.tasks.perplexity import add_perplexity
 from tests.support import tiny
@@ -21,7 +22,12 @@ def tokenizer(tmp_path_factory):
 
 
 def settings(**extra):
-    env = {"FT_MODEL": "m", "FT_TRAIN_DATA": "t.csv", "FT_TASK": "masked-lm", **{f"FT_{k.upper()}": v for k, v in extra.items()}}
+    env = {
+        "FT_MODEL": "m",
+        "FT_TRAIN_DATA": "t.csv",
+        "FT_TASK": "masked-lm",
+        **{f"FT_{k.upper()}": v for k, v in extra.items()},
+    }
     return load_settings(env, Runtime("local"))
 
 
@@ -56,7 +62,9 @@ def test_collator_masks_about_the_requested_fraction_and_never_special_tokens(to
     assert 0.2 < targets.sum().item() / maskable < 0.4
     # BERT's 80/10/10: most targets are replaced by [MASK]; untouched positions keep their ids
     assert (inputs[targets] == tokenizer.mask_token_id).float().mean() > 0.6
-    original = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], pad_to_multiple_of=8, return_tensors="pt")["input_ids"]
+    original = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], pad_to_multiple_of=8, return_tensors="pt")[
+        "input_ids"
+    ]
     assert (inputs[~targets] == original[~targets]).all() and (labels[targets] == original[targets]).all()
 
 

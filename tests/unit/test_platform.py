@@ -18,7 +18,7 @@ def test_sagemaker_from_its_config_files(tmp_path):
     config.mkdir(parents=True)
     (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]}))
     (config / "inputdataconfig.json").write_text(json.dumps({"train": {}, "validation": {}, "model": {}}))
-    (config / "hyperparameters.json").write_text(json.dumps({"learning_rate": "3e-05", "model": "\"s3://b/m/\""}))
+    (config / "hyperparameters.json").write_text(json.dumps({"learning_rate": "3e-05", "model": '"s3://b/m/"'}))
     environ = {"SAGEMAKER_BASE_DIR": str(tmp_path), "TRAINING_JOB_NAME": "job-1"}
     rt = detect(environ, read_platform_files(environ))
     assert rt.platform == "sagemaker" and rt.job_id == "job-1"
@@ -35,4 +35,4 @@ def test_sagemaker_from_its_config_files(tmp_path):
 
 
 def test_hyperparameters_keep_plain_strings():
-    assert decode_hyperparameters({"a": "cosine", "b": "1", "c": "[\"x\"]"}) == {"a": "cosine", "b": 1, "c": ["x"]}
+    assert decode_hyperparameters({"a": "cosine", "b": "1", "c": '["x"]'}) == {"a": "cosine", "b": 1, "c": ["x"]}

@@ -1,5 +1,6 @@
 """seq2seq: tokenization of source/target, the collator's labels, BLEU, and the model choice
 (an encoder-decoder as is; an encoder alone warm-starts an EncoderDecoderModel)."""
+
 import json
 
 import numpy as np
@@ -25,15 +26,24 @@ def tokenizer(bert_folder):
 
 
 def settings(**extra):
-    env = {"FT_MODEL": "m", "FT_TRAIN_DATA": "t.jsonl", "FT_TASK": "seq2seq", **{f"FT_{k.upper()}": v for k, v in extra.items()}}
+    env = {
+        "FT_MODEL": "m",
+        "FT_TRAIN_DATA": "t.jsonl",
+        "FT_TASK": "seq2seq",
+        **{f"FT_{k.upper()}": v for k, v in extra.items()},
+    }
     return load_settings(env, Runtime("local"))
 
 
 def tokenized(tokenizer, pairs, **extra):
     import datasets
 
-    ds = datasets.Dataset.from_dict({"en": [p[0] for p in pairs], "de": [p[1] for p in pairs], "id": list(range(len(pairs)))})
-    return [dict(r) for r in seq2seq.tokenize(ds, tokenizer, settings(source_column="en", target_column="de", **extra), {})]
+    ds = datasets.Dataset.from_dict(
+        {"en": [p[0] for p in pairs], "de": [p[1] for p in pairs], "id": list(range(len(pairs)))}
+    )
+    return [
+        dict(r) for r in seq2seq.tokenize(ds, tokenizer, settings(source_column="en", target_column="de", **extra), {})
+    ]
 
 
 def test_source_becomes_inputs_and_target_labels_truncated(tokenizer):
@@ -67,8 +77,17 @@ def test_encoder_only_folder_becomes_an_encoder_decoder_that_reloads(bert_folder
 def test_an_encoder_decoder_folder_loads_as_itself(tmp_path):
     from transformers import BartConfig, BartForConditionalGeneration
 
-    config = BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
+    config = BartConfig(
+        vocab_size=50,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=32,
+    )
     BartForConditionalGeneration(config).save_pretrained(tmp_path)
     assert isinstance(seq2seq.load_model(tmp_path, "m", {}, settings(), 1), BartForConditionalGeneration)
 
@@ -79,11 +98,13 @@ def test_collator_pads_labels_with_minus_100_and_drops_the_decoder_start_token(b
     batch = seq2seq.collator(tokenizer, model, settings())(rows)
     short = tokenizer("a bad film")["input_ids"][1:]  # [CLS] dropped: the model starts from it
     assert batch["labels"].shape[1] % 8 == 0
-    assert batch["labels"][0, :len(short)].tolist() == short
-    assert (batch["labels"][0, len(short):] == -100).all()
+    assert batch["labels"][0, : len(short)].tolist() == short
+    assert (batch["labels"][0, len(short) :] == -100).all()
     fine = len(tokenizer("fine")["input_ids"])
-    assert (batch["input_ids"][1, fine:] == tokenizer.pad_token_id).all() and (batch["attention_mask"][1, fine:] == 0).all()
-    decoder_inputs = batch["decoder_input_ids"][0, :len(short)].tolist()
+    assert (batch["input_ids"][1, fine:] == tokenizer.pad_token_id).all() and (
+        batch["attention_mask"][1, fine:] == 0
+    ).all()
+    decoder_inputs = batch["decoder_input_ids"][0, : len(short)].tolist()
     assert decoder_inputs == [tokenizer.cls_token_id] + short[:-1]  # teacher forcing: shifted right
     assert torch.isfinite(model(**batch).loss)
 
@@ -101,19 +122,40 @@ def test_collator_keeps_labels_that_do_not_start_with_the_decoder_start_token(to
 def test_bleu_on_known_strings():
     assert seq2seq.corpus_bleu(["the cat sat on the mat ."], ["the cat sat on the mat ."]) == pytest.approx(100)
     # precisions 4/5, 3/4, 2/3, 1/2 and no brevity penalty: 100 * 0.2 ** 0.25
-    assert seq2seq.corpus_bleu(["a b c d e"], ["a b c d f"]) == pytest.approx(100 * 0.2 ** 0.25)
+    assert seq2seq.corpus_bleu(["a b c d e"], ["a b c d f"]) == pytest.approx(100 * 0.2**0.25)
     # brevity: hypothesis 4 tokens against 8 (e ** (1 - 8/4))
     assert seq2seq.corpus_bleu(["a b c d"], ["a b c d e f g h"]) == pytest.approx(100 * np.exp(-1.0))
     assert seq2seq.corpus_bleu(["x y z w"], ["a b c d"]) == 0.0
     assert seq2seq.corpus_bleu([""], ["a b c d"]) == 0.0
-    assert seq2seq.tokenize_13a('Ein Mann, 3.5 m groß, sagt: "Hallo!"') == \
-        ["Ein", "Mann", ",", "3.5", "m", "groß", ",", "sagt", ":", '"', "Hallo", "!", '"']
+    assert seq2seq.tokenize_13a('Ein Mann, 3.5 m groß, sagt: "Hallo!"') == [
+        "Ein",
+        "Mann",
+        ",",
+        "3.5",
+        "m",
+        "groß",
+        ",",
+        "sagt",
+        ":",
+        '"',
+        "Hallo",
+        "!",
+        '"',
+    ]
 
 
 def test_bleu_matches_sacrebleu():
     sacrebleu = pytest.importorskip("sacrebleu")
-    rows = [json.loads(line) for line in (tiny.REPO.parent / "shared" / "data" / "multi30k_en_de" / "validation.jsonl").read_text().splitlines()[:60]] \
-        if (tiny.REPO.parent / "shared" / "data").is_dir() else None
+    rows = (
+        [
+            json.loads(line)
+            for line in (tiny.REPO.parent / "shared" / "data" / "multi30k_en_de" / "validation.jsonl")
+            .read_text()
+            .splitlines()[:60]
+        ]
+        if (tiny.REPO.parent / "shared" / "data").is_dir()
+        else None
+    )
     refs = [r["target"] for r in rows] if rows else [f"Ein Mann mit {i} Hunden geht, am Strand." for i in range(60)]
     # Degraded hypotheses: dropped words, swapped neighbours, one empty line, some exact.
     hyps = []
@@ -140,7 +182,7 @@ def test_bleu_metric_decodes_generated_ids_and_minus_100_padding(tokenizer):
         out = np.full((len(texts), 16), -100)  # how the evaluation loop pads batches together
         for i, ids in enumerate(tokenizer(texts)["input_ids"]):
             ids = ids[1:] if strip_first else ids
-            out[i, :len(ids)] = ids
+            out[i, : len(ids)] = ids
         return out
 
     labels = padded(refs, strip_first=True)  # what the collator leaves: no leading [CLS]

@@ -1,8 +1,8 @@
 import pytest
 
-from entrypoint.errors import SettingsError
 from entrypoint.config.platform import Runtime, SageMakerPaths
 from entrypoint.config.settings import check_setting_names, checkpoint_uri, load_settings, trainer_overrides
+from entrypoint.errors import SettingsError
 
 BASE = {"FT_MODEL": "s3://b/models/m/", "FT_TRAIN_DATA": "s3://b/data/train.csv"}
 LOCAL = Runtime("local")
@@ -15,10 +15,26 @@ def problems(environ, runtime=LOCAL):
 
 
 def test_trainer_arguments_are_settings_under_their_own_names():
-    s = load_settings({**BASE, "FT_LEARNING_RATE": "3e-5", "FT_SAVE_STEPS": "50", "FT_GRADIENT_ACCUMULATION_STEPS": "4",
-                       "FT_LR_SCHEDULER_TYPE": "cosine", "FT_REPORT_TO": "tensorboard", "FT_BF16": "false"}, LOCAL)
-    assert trainer_overrides(s) == {"learning_rate": 3e-5, "save_steps": 50, "gradient_accumulation_steps": 4,
-                                    "lr_scheduler_type": "cosine", "report_to": ["tensorboard"], "bf16": False}
+    s = load_settings(
+        {
+            **BASE,
+            "FT_LEARNING_RATE": "3e-5",
+            "FT_SAVE_STEPS": "50",
+            "FT_GRADIENT_ACCUMULATION_STEPS": "4",
+            "FT_LR_SCHEDULER_TYPE": "cosine",
+            "FT_REPORT_TO": "tensorboard",
+            "FT_BF16": "false",
+        },
+        LOCAL,
+    )
+    assert trainer_overrides(s) == {
+        "learning_rate": 3e-5,
+        "save_steps": 50,
+        "gradient_accumulation_steps": 4,
+        "lr_scheduler_type": "cosine",
+        "report_to": ["tensorboard"],
+        "bf16": False,
+    }
 
 
 def test_every_problem_is_reported_at_once_with_the_variable_and_the_fix():
@@ -37,8 +53,16 @@ def test_unknown_name_without_a_close_match_gets_no_suggestion():
 
 
 def test_hyperparameters_json_supplies_settings_and_environment_wins():
-    runtime = Runtime("sagemaker", sagemaker=SageMakerPaths(base=__import__("pathlib").Path("/opt/ml"), channels=("train",)),
-                      hyperparameters={"model": "s3://b/m/", "learning_rate": 0.001, "num_train_epochs": "2", "sagemaker_region": "x"})
+    runtime = Runtime(
+        "sagemaker",
+        sagemaker=SageMakerPaths(base=__import__("pathlib").Path("/opt/ml"), channels=("train",)),
+        hyperparameters={
+            "model": "s3://b/m/",
+            "learning_rate": 0.001,
+            "num_train_epochs": "2",
+            "sagemaker_region": "x",
+        },
+    )
     s = load_settings({"FT_LEARNING_RATE": "0.5"}, runtime)
     assert s.model == "s3://b/m/"
     assert s.learning_rate == 0.5
@@ -49,8 +73,11 @@ def test_hyperparameters_json_supplies_settings_and_environment_wins():
 
 
 def test_unknown_hyperparameter_is_reported():
-    runtime = Runtime("sagemaker", sagemaker=SageMakerPaths(base=__import__("pathlib").Path("/opt/ml"), channels=()),
-                      hyperparameters={"learnin_rate": "1"})
+    runtime = Runtime(
+        "sagemaker",
+        sagemaker=SageMakerPaths(base=__import__("pathlib").Path("/opt/ml"), channels=()),
+        hyperparameters={"learnin_rate": "1"},
+    )
     text = "\n".join(problems(BASE, runtime))
     assert "hyperparameter LEARNIN_RATE is not a setting" in text and "FT_LEARNING_RATE" in text
 

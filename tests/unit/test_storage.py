@@ -1,9 +1,10 @@
 """The S3 adaptor against a real S3 endpoint (moto server over HTTP)."""
+
 import boto3
 import pytest
 
-from entrypoint.io import storage
 from entrypoint.errors import UserError
+from entrypoint.io import storage
 
 
 def test_upload_list_download_roundtrip_with_multipart(bucket, tmp_path):

@@ -4,6 +4,7 @@ Snapshots: the full requests are compared with JSON files under snapshots/. Afte
 change, regenerate them with `UPDATE_SNAPSHOTS=1 pytest tests/unit/test_submit.py` and review
 the diff.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.submit import command as submit
-from entrypoint.submit import batch as submit_batch
-from entrypoint.submit import sagemaker as submit_sagemaker
 from entrypoint.errors import RETRY_RULES, UserError, WorldError
 from entrypoint.reporting import STANDARD_METRICS, format_metrics
+from entrypoint.submit import batch as submit_batch
+from entrypoint.submit import command as submit
+from entrypoint.submit import sagemaker as submit_sagemaker
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 ROLE = "arn:aws:iam::123456789012:role/finetune-sagemaker"
@@ -67,12 +68,24 @@ def run_dry(argv: list[str], capsys, environ=None) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-SAGEMAKER_ARGV = ["sagemaker", "--image", IMAGE, "--role", ROLE, "--instance-type", "ml.g5.xlarge",
-                  "--output-s3-uri", "s3://my-bucket/jobs", "--job-name", "ft-test"]
+SAGEMAKER_ARGV = [
+    "sagemaker",
+    "--image",
+    IMAGE,
+    "--role",
+    ROLE,
+    "--instance-type",
+    "ml.g5.xlarge",
+    "--output-s3-uri",
+    "s3://my-bucket/jobs",
+    "--job-name",
+    "ft-test",
+]
 BATCH_ARGV = ["batch", "--job-queue", "q", "--job-definition", "d", "--job-name", "ft-test"]
 
 
 # --- SageMaker -------------------------------------------------------------------------------
+
 
 def test_sagemaker_request_matches_snapshot():
     assert_snapshot("create_training_job.json", sagemaker_request())
@@ -118,30 +131,38 @@ def test_explicit_checkpoint_uri_is_used():
 
 def test_hyperparameters_are_lower_case_names_without_prefix_and_string_values():
     assert submit_sagemaker.hyperparameters({"FT_LEARNING_RATE": "3e-5", "FT_NUM_TRAIN_EPOCHS": "2"}) == {
-        "learning_rate": "3e-5", "num_train_epochs": "2"}
+        "learning_rate": "3e-5",
+        "num_train_epochs": "2",
+    }
     assert sagemaker_request()["HyperParameters"]["learning_rate"] == "3e-5"
 
 
 def test_channels_are_fully_replicated_s3_prefixes():
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in sagemaker_request()["InputDataConfig"]}
-    assert channels["train"] == {"S3DataType": "S3Prefix", "S3Uri": "s3://my-bucket/data/train",
-                                 "S3DataDistributionType": "FullyReplicated"}
+    assert channels["train"] == {
+        "S3DataType": "S3Prefix",
+        "S3Uri": "s3://my-bucket/data/train",
+        "S3DataDistributionType": "FullyReplicated",
+    }
     assert "InputDataConfig" not in sagemaker_request(channels={})
 
 
-@pytest.mark.parametrize("overrides, flag", [
-    ({"role_arn": "finetune-role"}, "--role"),
-    ({"instance_type": "g5.xlarge"}, "--instance-type"),
-    ({"output_s3_uri": "my-bucket/jobs"}, "--output-s3-uri"),
-    ({"checkpoint_s3_uri": "/local/dir"}, "--checkpoint-s3-uri"),
-    ({"channels": {"train": "https://example.com/x"}}, "--channel train"),
-    ({"channels": {"tr ain": "s3://my-bucket/x"}}, "--channel tr ain"),
-    ({"job_name": "a" * 64}, "--job-name"),
-    ({"job_name": "under_score"}, "--job-name"),
-    ({"instance_count": 0}, "--instance-count"),
-    ({"volume_size_gb": 0}, "--volume-size-gb"),
-    ({"environment": {"1BAD": "x"}}, "--env 1BAD"),
-])
+@pytest.mark.parametrize(
+    "overrides, flag",
+    [
+        ({"role_arn": "finetune-role"}, "--role"),
+        ({"instance_type": "g5.xlarge"}, "--instance-type"),
+        ({"output_s3_uri": "my-bucket/jobs"}, "--output-s3-uri"),
+        ({"checkpoint_s3_uri": "/local/dir"}, "--checkpoint-s3-uri"),
+        ({"channels": {"train": "https://example.com/x"}}, "--channel train"),
+        ({"channels": {"tr ain": "s3://my-bucket/x"}}, "--channel tr ain"),
+        ({"job_name": "a" * 64}, "--job-name"),
+        ({"job_name": "under_score"}, "--job-name"),
+        ({"instance_count": 0}, "--instance-count"),
+        ({"volume_size_gb": 0}, "--volume-size-gb"),
+        ({"environment": {"1BAD": "x"}}, "--env 1BAD"),
+    ],
+)
 def test_bad_sagemaker_flags_are_user_errors_naming_the_flag(overrides, flag):
     with pytest.raises(UserError) as info:
         sagemaker_request(**overrides)
@@ -174,17 +195,21 @@ def test_metric_definitions_capture_a_real_metrics_line():
 
 # --- Batch -----------------------------------------------------------------------------------
 
+
 def test_batch_request_matches_snapshot():
-    request = batch_request(environment={"HF_HUB_OFFLINE": "1"}, array_size=4, gpus=1,
-                            timeout_seconds=3600, attempts=3)
+    request = batch_request(environment={"HF_HUB_OFFLINE": "1"}, array_size=4, gpus=1, timeout_seconds=3600, attempts=3)
     assert_snapshot("submit_job.json", request)
 
 
 def test_batch_minimal_request_keeps_the_definitions_retry_and_resources():
     request = batch_request()
     assert set(request) == {"jobName", "jobQueue", "jobDefinition", "containerOverrides"}
-    assert request["containerOverrides"] == {"environment": [
-        {"name": "FT_LEARNING_RATE", "value": "3e-5"}, {"name": "FT_MODEL", "value": "distilbert-base-uncased"}]}
+    assert request["containerOverrides"] == {
+        "environment": [
+            {"name": "FT_LEARNING_RATE", "value": "3e-5"},
+            {"name": "FT_MODEL", "value": "distilbert-base-uncased"},
+        ]
+    }
 
 
 def test_attempts_override_carries_the_exit_code_rules():
@@ -195,15 +220,18 @@ def test_attempts_override_carries_the_exit_code_rules():
     assert all(set(rule) <= {"action", "onExitCode", "onStatusReason", "onReason"} for rule in rules)
 
 
-@pytest.mark.parametrize("overrides, flag", [
-    ({"array_size": 1}, "--array-size"),
-    ({"array_size": 10_001}, "--array-size"),
-    ({"gpus": 0}, "--gpus"),
-    ({"timeout_seconds": 30}, "--timeout-seconds"),
-    ({"attempts": 11}, "--attempts"),
-    ({"job_name": "-leading-dash"}, "--job-name"),
-    ({"environment": {"AWS_BATCH_JOB_ID": "x"}}, "--env AWS_BATCH_JOB_ID"),
-])
+@pytest.mark.parametrize(
+    "overrides, flag",
+    [
+        ({"array_size": 1}, "--array-size"),
+        ({"array_size": 10_001}, "--array-size"),
+        ({"gpus": 0}, "--gpus"),
+        ({"timeout_seconds": 30}, "--timeout-seconds"),
+        ({"attempts": 11}, "--attempts"),
+        ({"job_name": "-leading-dash"}, "--job-name"),
+        ({"environment": {"AWS_BATCH_JOB_ID": "x"}}, "--env AWS_BATCH_JOB_ID"),
+    ],
+)
 def test_bad_batch_flags_are_user_errors_naming_the_flag(overrides, flag):
     with pytest.raises(UserError) as info:
         batch_request(**overrides)
@@ -233,11 +261,17 @@ def described_definition(**overrides) -> dict:
             "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:main",
             "jobRoleArn": JOB_ROLE,
             "environment": [{"name": "FT_MODEL", "value": "s3://b/models/minilm/"}],
-            "resourceRequirements": [{"type": "GPU", "value": "1"}, {"type": "VCPU", "value": "4"},
-                                     {"type": "MEMORY", "value": "14336"}],
+            "resourceRequirements": [
+                {"type": "GPU", "value": "1"},
+                {"type": "VCPU", "value": "4"},
+                {"type": "MEMORY", "value": "14336"},
+            ],
             "linuxParameters": {"sharedMemorySize": 2048},
             "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/aws/batch/finetune"}},
-            "mountPoints": [], "volumes": [], "ulimits": [], "secrets": [],
+            "mountPoints": [],
+            "volumes": [],
+            "ulimits": [],
+            "secrets": [],
         },
     }
     described.update(overrides)
@@ -254,7 +288,15 @@ def test_derived_definition_changes_only_the_image_and_drops_read_only_fields():
     assert request["containerProperties"]["image"] == IMAGE
     assert described["containerProperties"]["image"].endswith(":main"), "the description is left as it was"
     assert set(described) - set(request) == {"jobDefinitionArn", "revision", "status", "containerOrchestrationType"}
-    for key in ("jobDefinitionName", "type", "retryStrategy", "timeout", "tags", "propagateTags", "platformCapabilities"):
+    for key in (
+        "jobDefinitionName",
+        "type",
+        "retryStrategy",
+        "timeout",
+        "tags",
+        "propagateTags",
+        "platformCapabilities",
+    ):
         assert request[key] == described[key], key
     container, before = request["containerProperties"], described["containerProperties"]
     assert {k: v for k, v in container.items() if k != "image"} == {k: v for k, v in before.items() if k != "image"}
@@ -275,19 +317,24 @@ def test_blank_or_spaced_image_is_refused(image):
         submit_batch.derive_job_definition(described_definition(), image)
 
 
-@pytest.mark.parametrize("reference, expected", [
-    ("finetune", ("finetune", None)),
-    ("finetune:12", ("finetune", 12)),
-    (DEFINITION_ARN, ("finetune", 3)),
-    ("arn:aws:batch:us-east-1:123456789012:job-definition/finetune", ("finetune", None)),
-])
+@pytest.mark.parametrize(
+    "reference, expected",
+    [
+        ("finetune", ("finetune", None)),
+        ("finetune:12", ("finetune", 12)),
+        (DEFINITION_ARN, ("finetune", 3)),
+        ("arn:aws:batch:us-east-1:123456789012:job-definition/finetune", ("finetune", None)),
+    ],
+)
 def test_job_definition_references_split_into_name_and_revision(reference, expected):
     assert submit_batch.split_job_definition(reference) == expected
 
 
 def test_a_bare_name_picks_the_latest_active_revision_and_a_revision_picks_itself():
-    revisions = [described_definition(revision=r, status=s, jobDefinitionArn=f"arn:...:finetune:{r}")
-                 for r, s in [(1, "INACTIVE"), (4, "INACTIVE"), (2, "ACTIVE"), (3, "ACTIVE")]]
+    revisions = [
+        described_definition(revision=r, status=s, jobDefinitionArn=f"arn:...:finetune:{r}")
+        for r, s in [(1, "INACTIVE"), (4, "INACTIVE"), (2, "ACTIVE"), (3, "ACTIVE")]
+    ]
     others = [described_definition(jobDefinitionName="finetune-multinode", revision=9)]
     assert submit_batch.pick_job_definition(revisions + others, "finetune")["revision"] == 3
     assert submit_batch.pick_job_definition(revisions + others, "finetune:4")["revision"] == 4
@@ -308,7 +355,7 @@ class FakeDefinitions:
         assert operation == "describe_job_definitions"
         return self
 
-    def paginate(self, jobDefinitionName):  # noqa: N803 - boto3's parameter name
+    def paginate(self, jobDefinitionName):
         mine = [d for d in self.definitions if d["jobDefinitionName"] == jobDefinitionName]
         return [{"jobDefinitions": mine[:1]}, {"jobDefinitions": mine[1:]}]
 
@@ -321,8 +368,9 @@ class FakeDefinitions:
 
 
 def test_with_image_registers_a_revision_and_points_the_request_at_it(capsys):
-    client = FakeDefinitions([described_definition(revision=2, jobDefinitionArn="arn:...:finetune:2"),
-                              described_definition()])
+    client = FakeDefinitions(
+        [described_definition(revision=2, jobDefinitionArn="arn:...:finetune:2"), described_definition()]
+    )
     request = submit.with_image(client, "finetune", IMAGE, batch_request(job_definition="finetune"), dry_run=False)
     new_arn = "arn:aws:batch:us-east-1:123456789012:job-definition/finetune:4"
     assert request["jobDefinition"] == new_arn
@@ -344,8 +392,14 @@ def test_with_image_dry_run_prints_both_requests_and_registers_nothing(capsys):
 
 
 def failed_job(exit_code, **extra):
-    return {"jobId": "j-1", "jobName": "ft", "status": "FAILED", "statusReason": "Essential container in task exited",
-            "attempts": [{"container": {"exitCode": exit_code, "logStreamName": "finetune/default/abc"}}], **extra}
+    return {
+        "jobId": "j-1",
+        "jobName": "ft",
+        "status": "FAILED",
+        "statusReason": "Essential container in task exited",
+        "attempts": [{"container": {"exitCode": exit_code, "logStreamName": "finetune/default/abc"}}],
+        **extra,
+    }
 
 
 def test_failed_job_with_exit_64_is_a_user_error():
@@ -362,8 +416,13 @@ def test_failed_job_with_other_exit_codes_is_a_world_error(exit_code):
 def test_follow_logs_each_transition_once_and_stops_at_a_terminal_status():
     statuses = iter(["SUBMITTED", "RUNNABLE", "RUNNABLE", "RUNNING", "SUCCEEDED", "never reached"])
     logged, slept = [], []
-    job = submit_batch.follow(lambda job_id: {"jobId": job_id, "status": next(statuses)}, "j-1",
-                              sleep=slept.append, log=logged.append, poll_seconds=7)
+    job = submit_batch.follow(
+        lambda job_id: {"jobId": job_id, "status": next(statuses)},
+        "j-1",
+        sleep=slept.append,
+        log=logged.append,
+        poll_seconds=7,
+    )
     assert job["status"] == "SUCCEEDED"
     assert logged == ["j-1: SUBMITTED", "j-1: RUNNABLE", "j-1: RUNNING", "j-1: SUCCEEDED"]
     assert slept == [7, 7, 7, 7]
@@ -378,16 +437,27 @@ class FakeBatch:
     def describe_jobs(self, jobs):
         return {"jobs": [self.jobs[j] for j in jobs if j in self.jobs]}
 
-    def list_jobs(self, arrayJobId, jobStatus):  # noqa: N803 - boto3's parameter names
-        return {"jobSummaryList": [{"jobId": k} for k, v in self.jobs.items()
-                                   if k.startswith(arrayJobId + ":") and v["status"] == jobStatus]}
+    def list_jobs(self, arrayJobId, jobStatus):
+        return {
+            "jobSummaryList": [
+                {"jobId": k}
+                for k, v in self.jobs.items()
+                if k.startswith(arrayJobId + ":") and v["status"] == jobStatus
+            ]
+        }
 
 
 def test_failed_array_job_reports_its_failed_childs_exit_code():
-    parent = {"jobId": "p", "jobName": "ft", "status": "FAILED", "attempts": [],
-              "arrayProperties": {"size": 2, "statusSummary": {"FAILED": 1, "SUCCEEDED": 1}}}
-    client = FakeBatch({"p": parent, "p:0": {**failed_job(0), "status": "SUCCEEDED"},
-                        "p:1": {**failed_job(64), "jobId": "p:1"}})
+    parent = {
+        "jobId": "p",
+        "jobName": "ft",
+        "status": "FAILED",
+        "attempts": [],
+        "arrayProperties": {"size": 2, "statusSummary": {"FAILED": 1, "SUCCEEDED": 1}},
+    }
+    client = FakeBatch(
+        {"p": parent, "p:0": {**failed_job(0), "status": "SUCCEEDED"}, "p:1": {**failed_job(64), "jobId": "p:1"}}
+    )
     job = submit_batch.describe_job(client, "p")
     assert job["jobId"] == "p:1"
     assert isinstance(submit_batch.failure_error(job), UserError)
@@ -399,11 +469,17 @@ def _client_error(code: str):
     return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "m"}}, "CreateTrainingJob")
 
 
-@pytest.mark.parametrize("code, family, verb", [
-    ("ValidationException", UserError, "was refused"), ("ResourceInUse", UserError, "was refused"),
-    ("ClientException", UserError, "was refused"), ("ThrottlingException", WorldError, "failed"),
-    ("ServerException", WorldError, "failed"), ("InternalFailure", WorldError, "failed"),
-])
+@pytest.mark.parametrize(
+    "code, family, verb",
+    [
+        ("ValidationException", UserError, "was refused"),
+        ("ResourceInUse", UserError, "was refused"),
+        ("ClientException", UserError, "was refused"),
+        ("ThrottlingException", WorldError, "failed"),
+        ("ServerException", WorldError, "failed"),
+        ("InternalFailure", WorldError, "failed"),
+    ],
+)
 def test_refused_requests_are_user_errors_and_service_failures_world_errors(code, family, verb):
     with pytest.raises(family, match=f"sagemaker CreateTrainingJob {verb}: {code}"):
         with submit.aws_errors("sagemaker CreateTrainingJob"):
@@ -411,6 +487,7 @@ def test_refused_requests_are_user_errors_and_service_failures_world_errors(code
 
 
 # --- the command line ------------------------------------------------------------------------
+
 
 def test_unknown_setting_gets_a_did_you_mean_naming_the_flag(capsys):
     with pytest.raises(UserError) as info:
@@ -436,13 +513,21 @@ def test_credentials_are_refused(argv, capsys):
 
 def test_env_file_then_set_with_later_values_winning(tmp_path, capsys):
     env_file = tmp_path / "job.env"
-    env_file.write_text("# a sweep's base\n\nFT_MODEL=distilbert-base-uncased\nFT_LEARNING_RATE=1e-4\n"
-                        "FT_TRAIN_DATA\nFT_EVAL_DATA=s3://b/eval.jsonl # not a comment\n")
-    request = run_dry([*SAGEMAKER_ARGV, "--env-file", str(env_file), "--set", "FT_LEARNING_RATE=3e-5"],
-                      capsys, environ={"FT_TRAIN_DATA": "s3://b/train.jsonl"})
+    env_file.write_text(
+        "# a sweep's base\n\nFT_MODEL=distilbert-base-uncased\nFT_LEARNING_RATE=1e-4\n"
+        "FT_TRAIN_DATA\nFT_EVAL_DATA=s3://b/eval.jsonl # not a comment\n"
+    )
+    request = run_dry(
+        [*SAGEMAKER_ARGV, "--env-file", str(env_file), "--set", "FT_LEARNING_RATE=3e-5"],
+        capsys,
+        environ={"FT_TRAIN_DATA": "s3://b/train.jsonl"},
+    )
     assert request["HyperParameters"] == {
-        "model": "distilbert-base-uncased", "learning_rate": "3e-5", "train_data": "s3://b/train.jsonl",
-        "eval_data": "s3://b/eval.jsonl # not a comment"}
+        "model": "distilbert-base-uncased",
+        "learning_rate": "3e-5",
+        "train_data": "s3://b/train.jsonl",
+        "eval_data": "s3://b/eval.jsonl # not a comment",
+    }
 
 
 def test_env_file_bare_name_not_in_the_shell_is_refused_with_its_line(tmp_path, capsys):
@@ -463,9 +548,23 @@ def test_duplicate_channel_is_refused(capsys):
 
 
 def test_cli_flags_reach_the_sagemaker_request(capsys):
-    request = run_dry([*SAGEMAKER_ARGV, "--no-spot", "--channel", "train=s3://my-bucket/train",
-                       "--env", "HF_HUB_OFFLINE=1", "--set", "FT_NUM_TRAIN_EPOCHS=3", "--instance-count", "2",
-                       "--max-runtime-seconds", "600"], capsys)
+    request = run_dry(
+        [
+            *SAGEMAKER_ARGV,
+            "--no-spot",
+            "--channel",
+            "train=s3://my-bucket/train",
+            "--env",
+            "HF_HUB_OFFLINE=1",
+            "--set",
+            "FT_NUM_TRAIN_EPOCHS=3",
+            "--instance-count",
+            "2",
+            "--max-runtime-seconds",
+            "600",
+        ],
+        capsys,
+    )
     assert request["EnableManagedSpotTraining"] is False
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 600}
     assert request["ResourceConfig"]["InstanceCount"] == 2
@@ -474,8 +573,9 @@ def test_cli_flags_reach_the_sagemaker_request(capsys):
 
 
 def test_cli_flags_reach_the_batch_request(capsys):
-    request = run_dry([*BATCH_ARGV, "--array-size", "3", "--gpus", "2", "--timeout-seconds", "600",
-                       "--set", "FT_SEED=7"], capsys)
+    request = run_dry(
+        [*BATCH_ARGV, "--array-size", "3", "--gpus", "2", "--timeout-seconds", "600", "--set", "FT_SEED=7"], capsys
+    )
     assert request["arrayProperties"] == {"size": 3}
     assert request["containerOverrides"]["resourceRequirements"] == [{"type": "GPU", "value": "2"}]
     assert request["containerOverrides"]["environment"] == [{"name": "FT_SEED", "value": "7"}]

@@ -1,9 +1,8 @@
-
 import pytest
 
-from entrypoint.errors import SettingsError, UserError
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import load_settings
+from entrypoint.errors import SettingsError, UserError
 from entrypoint.job.callbacks import extra_callbacks
 from entrypoint.job.training import Hardware, hardware_problems, training_arguments
 
@@ -12,18 +11,26 @@ GPU = Hardware(cuda=True, packages=frozenset({"bitsandbytes", "deepspeed", "tens
 
 
 def settings(**extra):
-    env = {"FT_MODEL": "m", "FT_TRAIN_DATA": "t.csv", "FT_EVAL_DATA": "e.csv", **{f"FT_{k.upper()}": v for k, v in extra.items()}}
+    env = {
+        "FT_MODEL": "m",
+        "FT_TRAIN_DATA": "t.csv",
+        "FT_EVAL_DATA": "e.csv",
+        **{f"FT_{k.upper()}": v for k, v in extra.items()},
+    }
     return load_settings(env, Runtime("local"))
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"fp16": True}, "FT_FP16=true needs a CUDA GPU"),
-    ({"optim": "adamw_8bit"}, "FT_OPTIM=adamw_8bit needs a CUDA GPU and the bitsandbytes package"),
-    ({"optim": "paged_adamw_32bit"}, "bitsandbytes"),
-    ({"ddp_backend": "nccl"}, "use gloo on CPU"),
-    ({"deepspeed": "ds.json"}, "FT_DEEPSPEED needs the deepspeed package"),
-    ({"report_to": ["tensorboard"]}, "FT_REPORT_TO=tensorboard needs the tensorboard package"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"fp16": True}, "FT_FP16=true needs a CUDA GPU"),
+        ({"optim": "adamw_8bit"}, "FT_OPTIM=adamw_8bit needs a CUDA GPU and the bitsandbytes package"),
+        ({"optim": "paged_adamw_32bit"}, "bitsandbytes"),
+        ({"ddp_backend": "nccl"}, "use gloo on CPU"),
+        ({"deepspeed": "ds.json"}, "FT_DEEPSPEED needs the deepspeed package"),
+        ({"report_to": ["tensorboard"]}, "FT_REPORT_TO=tensorboard needs the tensorboard package"),
+    ],
+)
 def test_settings_the_hardware_cannot_run_get_a_clear_message(kwargs, fragment):
     [problem] = hardware_problems(kwargs, CPU)
     assert fragment in problem
@@ -35,9 +42,18 @@ def test_cpu_friendly_settings_pass():
 
 
 def test_knobs_of_the_trainer_workflow_reach_training_arguments(tmp_path):
-    s = settings(eval_strategy="steps", eval_steps="10", save_steps="10", load_best_model_at_end="true",
-                 gradient_accumulation_steps="4", gradient_checkpointing="true", optim="adafactor",
-                 lr_scheduler_type="cosine", warmup_steps="0.1", early_stopping_patience="2")
+    s = settings(
+        eval_strategy="steps",
+        eval_steps="10",
+        save_steps="10",
+        load_best_model_at_end="true",
+        gradient_accumulation_steps="4",
+        gradient_checkpointing="true",
+        optim="adafactor",
+        lr_scheduler_type="cosine",
+        warmup_steps="0.1",
+        early_stopping_patience="2",
+    )
     args = training_arguments(s, tmp_path / "ck", cuda=False, best_metric="accuracy", hw=CPU)
     assert (args.gradient_accumulation_steps, args.gradient_checkpointing, args.optim.value) == (4, True, "adafactor")
     assert args.lr_scheduler_type.value == "cosine" and args.metric_for_best_model == "accuracy"

@@ -2,15 +2,19 @@ import json
 
 import pytest
 
+from entrypoint.config.platform import Runtime
+from entrypoint.config.settings import load_settings
+from entrypoint.durability.interruption import StopRequest
+from entrypoint.errors import Interrupted, SettingsError
 from entrypoint.io import storage
 from entrypoint.tune import search as tune
 from entrypoint.tune import space
-from entrypoint.errors import Interrupted, SettingsError
-from entrypoint.durability.interruption import StopRequest
-from entrypoint.config.platform import Runtime
-from entrypoint.config.settings import load_settings
 
-BASE = {"FT_MODEL": "s3://b/models/m/", "FT_TRAIN_DATA": "s3://b/data/train.csv", "FT_EVAL_DATA": "s3://b/data/eval.csv"}
+BASE = {
+    "FT_MODEL": "s3://b/models/m/",
+    "FT_TRAIN_DATA": "s3://b/data/train.csv",
+    "FT_EVAL_DATA": "s3://b/data/eval.csv",
+}
 
 
 def settings(**extra):
@@ -24,13 +28,15 @@ def plan_problems(task_metric="accuracy", **extra):
 
 
 def test_a_search_space_becomes_ranges_and_choices_typed_by_the_setting():
-    params, problems = space.parse_space({
-        "learning_rate": {"low": 1e-5, "high": 1e-4, "log": True},
-        "per_device_train_batch_size": {"choices": [8, 16]},
-        "warmup_steps": {"low": 0, "high": 0.1},
-        "lora_r": {"low": 4, "high": 32, "log": True},
-        "lr_scheduler_type": {"choices": ["linear", "cosine"]},
-    })
+    params, problems = space.parse_space(
+        {
+            "learning_rate": {"low": 1e-5, "high": 1e-4, "log": True},
+            "per_device_train_batch_size": {"choices": [8, 16]},
+            "warmup_steps": {"low": 0, "high": 0.1},
+            "lora_r": {"low": 4, "high": 32, "log": True},
+            "lr_scheduler_type": {"choices": ["linear", "cosine"]},
+        }
+    )
     assert problems == []
     by_name = {p.name: p for p in params}
     assert by_name["learning_rate"] == space.Param("learning_rate", "float", 1e-5, 1e-4, True)
@@ -41,26 +47,30 @@ def test_a_search_space_becomes_ranges_and_choices_typed_by_the_setting():
 
 
 def test_every_search_space_problem_is_reported_at_once_with_the_fix():
-    _, problems = space.parse_space({
-        "learnig_rate": {"low": 1e-5, "high": 1e-4},
-        "output_dir": {"choices": ["a"]},
-        "model": {"choices": ["a", "b"]},
-        "weight_decay": {"low": 0.1},
-        "num_train_epochs": {"low": 3, "high": 1},
-        "adam_epsilon": {"low": 0, "high": 1e-6, "log": True},
-        "per_device_train_batch_size": {"low": 4, "high": 8.5},
-        "lr_scheduler_type": {"low": 1, "high": 2},
-        "lora_r": {"choices": [0, 8]},
-        "seed": {"choices": []},
-        "gradient_accumulation_steps": {"choices": [1, 1]},
-        "max_grad_norm": {"low": 0.5, "high": 2, "log": "yes"},
-    })
+    _, problems = space.parse_space(
+        {
+            "learnig_rate": {"low": 1e-5, "high": 1e-4},
+            "output_dir": {"choices": ["a"]},
+            "model": {"choices": ["a", "b"]},
+            "weight_decay": {"low": 0.1},
+            "num_train_epochs": {"low": 3, "high": 1},
+            "adam_epsilon": {"low": 0, "high": 1e-6, "log": True},
+            "per_device_train_batch_size": {"low": 4, "high": 8.5},
+            "lr_scheduler_type": {"low": 1, "high": 2},
+            "lora_r": {"choices": [0, 8]},
+            "seed": {"choices": []},
+            "gradient_accumulation_steps": {"choices": [1, 1]},
+            "max_grad_norm": {"low": 0.5, "high": 2, "log": "yes"},
+        }
+    )
     text = "\n".join(problems)
     assert len(problems) == 12, text
     assert "FT_TUNE_SEARCH_SPACE: FT_LEARNIG_RATE is not a setting. Did you mean FT_LEARNING_RATE?" in text
     assert "FT_OUTPUT_DIR cannot be set" in text
     assert "model cannot be searched" in text
-    assert 'weight_decay must be {"low": L, "high": H, "log": true|false} or {"choices": [...]}; got {"low": 0.1}' in text
+    assert (
+        'weight_decay must be {"low": L, "high": H, "log": true|false} or {"choices": [...]}; got {"low": 0.1}' in text
+    )
     assert "num_train_epochs: low must be below high; got low=3, high=1" in text
     assert "adam_epsilon: a log range needs low > 0" in text
     assert "per_device_train_batch_size: high must be an integer" in text
@@ -90,7 +100,12 @@ def test_direction_follows_the_metric_unless_set():
 def test_plan_problems_come_before_any_download_all_together():
     no_eval = {k: v for k, v in BASE.items() if k != "FT_EVAL_DATA"}
     with pytest.raises(SettingsError) as info:
-        space.plan(load_settings({**no_eval, "FT_TUNE_METRIC": "score", "FT_TUNE_SEARCH_SPACE": "{learning_rate: 1}"}, Runtime("local")), "accuracy")
+        space.plan(
+            load_settings(
+                {**no_eval, "FT_TUNE_METRIC": "score", "FT_TUNE_SEARCH_SPACE": "{learning_rate: 1}"}, Runtime("local")
+            ),
+            "accuracy",
+        )
     text = "\n".join(info.value.problems)
     assert len(info.value.problems) == 3, text
     assert "set FT_EVAL_DATA or FT_VALIDATION_SPLIT" in text
@@ -109,10 +124,18 @@ def test_default_space_leaves_out_what_the_user_fixed():
 
 
 def test_a_trial_is_the_job_with_its_values_and_no_checkpoints():
-    env = space.trial_environ({"FT_LEARNING_RATE": "1e-3", "FT_SAVE_STEPS": "50"},
-                             {"learning_rate": 3.2e-05, "per_device_train_batch_size": 16, "packing": True}, keep_checkpoints=False)
-    assert env == {"FT_LEARNING_RATE": "3.2e-05", "FT_SAVE_STEPS": "50", "FT_SAVE_STRATEGY": "no",
-                   "FT_PER_DEVICE_TRAIN_BATCH_SIZE": "16", "FT_PACKING": "true"}
+    env = space.trial_environ(
+        {"FT_LEARNING_RATE": "1e-3", "FT_SAVE_STEPS": "50"},
+        {"learning_rate": 3.2e-05, "per_device_train_batch_size": 16, "packing": True},
+        keep_checkpoints=False,
+    )
+    assert env == {
+        "FT_LEARNING_RATE": "3.2e-05",
+        "FT_SAVE_STEPS": "50",
+        "FT_SAVE_STRATEGY": "no",
+        "FT_PER_DEVICE_TRAIN_BATCH_SIZE": "16",
+        "FT_PACKING": "true",
+    }
     assert "FT_SAVE_STRATEGY" not in space.trial_environ({}, {}, keep_checkpoints=True)
     trial_settings = load_settings({**BASE, **env}, Runtime("local"))
     assert trial_settings.learning_rate == 3.2e-05 and trial_settings.packing is True
@@ -125,7 +148,11 @@ def test_progress_counts_pruned_as_done_and_failed_as_to_run_again():
 
 
 def test_a_different_search_at_the_same_place_is_refused():
-    current = {"metric": "eval_loss", "direction": "minimize", "space": {"learning_rate": {"low": 1e-5, "high": 1e-4, "log": True}}}
+    current = {
+        "metric": "eval_loss",
+        "direction": "minimize",
+        "space": {"learning_rate": {"low": 1e-5, "high": 1e-4, "log": True}},
+    }
     assert space.resume_problem(None, current) is None
     assert space.resume_problem(dict(current), current) is None
     problem = space.resume_problem(dict(current, metric="eval_accuracy", direction="maximize"), current)
@@ -152,15 +179,24 @@ def open_study(tmp_path, work: str, search):
     import optuna
 
     (tmp_path / work).mkdir()
-    records = tune.Records(storage.LocalStore(str(tmp_path / "checkpoints")), storage.LocalStore(str(tmp_path / "out")),
-                           tmp_path / work, search)
+    records = tune.Records(
+        storage.LocalStore(str(tmp_path / "checkpoints")),
+        storage.LocalStore(str(tmp_path / "out")),
+        tmp_path / work,
+        search,
+    )
     resumed = records.restore()
-    study = optuna.create_study(storage=records.url(), study_name=space.STUDY_NAME, direction="maximize", load_if_exists=True)
+    study = optuna.create_study(
+        storage=records.url(), study_name=space.STUDY_NAME, direction="maximize", load_if_exists=True
+    )
     return records, study, resumed
 
 
 def test_an_interrupted_search_resumes_with_the_interrupted_trial_first(tmp_path):
-    search = space.plan(settings(tune_trials="3", tune_search_space=json.dumps({"learning_rate": {"low": 1e-5, "high": 1e-4}})), "accuracy")
+    search = space.plan(
+        settings(tune_trials="3", tune_search_space=json.dumps({"learning_rate": {"low": 1e-5, "high": 1e-4}})),
+        "accuracy",
+    )
     output = storage.LocalStore(str(tmp_path / "out"))
 
     records, study, resumed = open_study(tmp_path, "work-1", search)
@@ -186,7 +222,11 @@ def test_an_interrupted_search_resumes_with_the_interrupted_trial_first(tmp_path
     final = records.save(study, final=True)
     assert json.loads(output.read_bytes("tune.json")) == json.loads(json.dumps(final))
     assert [(t["number"], t["state"], t["retry_of"]) for t in final["trials"]] == [
-        (0, "COMPLETE", None), (1, "FAIL", None), (2, "COMPLETE", 1), (3, "COMPLETE", None)]
+        (0, "COMPLETE", None),
+        (1, "FAIL", None),
+        (2, "COMPLETE", 1),
+        (3, "COMPLETE", None),
+    ]
     assert final["done"] == 3 and final["finished"]
     values = {t["number"]: t["value"] for t in final["trials"] if t["state"] == "COMPLETE"}
     best = max(values, key=values.get)
@@ -206,8 +246,12 @@ def test_a_local_leftover_study_is_never_trusted(tmp_path):
 
 
 def test_bad_search_settings_fail_before_anything_is_touched(tmp_path):
-    env = {**BASE, "FT_OUTPUT_URI": str(tmp_path / "out"), "FT_WORK_DIR": str(tmp_path / "work"),
-           "FT_TUNE_SEARCH_SPACE": json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-5}})}
+    env = {
+        **BASE,
+        "FT_OUTPUT_URI": str(tmp_path / "out"),
+        "FT_WORK_DIR": str(tmp_path / "work"),
+        "FT_TUNE_SEARCH_SPACE": json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-5}}),
+    }
     from entrypoint.__main__ import tune as tune_command
 
     with pytest.raises(SettingsError) as info:
