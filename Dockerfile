@@ -55,7 +55,8 @@ WORKDIR /tmp/src
 # Dependencies before sources, so a code change does not reinstall transformers and friends:
 # install the project once with an empty package, then again, without dependencies, with the code.
 # EXTRAS: the optional dependency groups of pyproject.toml to include (train = the job itself,
-# always; tune = Optuna for `finetune tune`; gpu = bitsandbytes for QLoRA and 8-bit optimizers).
+# always; tune = Optuna for `finetune tune`; gpu = bitsandbytes for QLoRA and 8-bit optimizers;
+# mlflow / wandb = FT_REPORT_TO=mlflow / wandb, see docs/tracking.md), e.g. --build-arg EXTRAS=train,tune,mlflow.
 ARG EXTRAS=train,tune
 COPY pyproject.toml README.md ./
 # The project's own extras, versions from pyproject.toml (hadolint reads ".[extras]" as a package).

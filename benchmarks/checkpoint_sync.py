@@ -20,6 +20,7 @@ The AWS CLI pins its own botocore, so it lives in its own venv (--aws-cli-venv, 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -118,7 +119,8 @@ def phase_overhead(args, server: S3Server, tmp: Path, log, kinds=("s3", "local")
             results[kind].append(row)
             log(
                 f"  {run}: train_runtime {row['train_runtime_s']:.2f} s, wall {wall:.1f} s, "
-                f"{row['durable']} checkpoints durable, {row['superseded']} superseded, in-job upload {row['upload_mb_per_s']} MB/s, "
+                f"{row['durable']} checkpoints durable, {row['superseded']} superseded, in-job upload "
+                f"{row['upload_mb_per_s']} MB/s, "
                 f"CPU s: job {job.cpu_s:.1f}, moto server {row['moto_cpu_s']:.1f}; load {row['load_1min']:.1f}"
             )
             if kind == "local" and kept is None:
@@ -156,7 +158,7 @@ def phase_throughput(args, server: S3Server, sample: Path, tmp: Path, aws: Path,
         staging = tmp / "staging"
         sync = CheckpointSync(store, staging, generation, keep_last=2, concurrency=args.concurrency)
 
-        def sync_upload():
+        def sync_upload(sync=sync):
             sync.submit(step, sample)
             sync.wait()
             if sync.stats.failures:
@@ -165,44 +167,56 @@ def phase_throughput(args, server: S3Server, sample: Path, tmp: Path, aws: Path,
         times["sync_up"].append(timed(sync_upload))
         plain = storage.S3Store(f"s3://{BUCKET}/plain/{i}/", args.concurrency)
         files = {p.relative_to(sample).as_posix(): p for p in sorted(sample.rglob("*")) if p.is_file()}
-        times["plain_up"].append(timed(lambda: storage.upload_many(plain, files, args.concurrency)))
+        times["plain_up"].append(timed(functools.partial(storage.upload_many, plain, files, args.concurrency)))
         times["aws_up"].append(
-            timed(lambda: subprocess.run(aws_cmd + [str(sample), f"s3://{BUCKET}/aws/{i}/"], env=env, check=True))
+            timed(
+                functools.partial(
+                    subprocess.run, aws_cmd + [str(sample), f"s3://{BUCKET}/aws/{i}/"], env=env, check=True
+                )
+            )
         )
 
         down = tmp / "down"
         shutil.rmtree(down, ignore_errors=True)
-        restored = []
-        times["restore_down"].append(
-            timed(lambda: restored.append(checkpoints.restore(store, down / "restore", args.concurrency)))
+        seconds, restored = timed_result(
+            functools.partial(checkpoints.restore, store, down / "restore", args.concurrency)
         )
-        if not restored[0]:
+        times["restore_down"].append(seconds)
+        if not restored:
             raise SystemExit("restore found no complete checkpoint")
         name = mf.store_name(step, generation)
         keys = [f"{name}/{rel}" for rel in files]
         times["plain_down"].append(
             timed(
-                lambda: storage.download_many(
-                    store, keys, down / "plain", strip=f"{name}/", concurrency=args.concurrency
+                functools.partial(
+                    storage.download_many, store, keys, down / "plain", strip=f"{name}/", concurrency=args.concurrency
                 )
             )
         )
         times["aws_down"].append(
             timed(
-                lambda: subprocess.run(
-                    aws_cmd + [f"s3://{BUCKET}/sync/{i}/{name}/", str(down / "aws")], env=env, check=True
+                functools.partial(
+                    subprocess.run,
+                    aws_cmd + [f"s3://{BUCKET}/sync/{i}/{name}/", str(down / "aws")],
+                    env=env,
+                    check=True,
                 )
             )
         )
         shutil.rmtree(down, ignore_errors=True)
-        log(
-            "  repeat %d: %s; load %.1f"
-            % (i + 1, ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), load_1min())
-        )
+        summary = ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
+        log(f"  repeat {i + 1}: {summary}; load {load_1min():.1f}")
     startup = statistics.median(
         timed(lambda: subprocess.run([str(aws), "--version"], capture_output=True, check=True)) for _ in range(3)
     )
     return {"bytes": size, "files": len(files), "seconds": times, "aws_cli_startup_s": startup}
+
+
+def timed_result(fn) -> tuple[float, object]:
+    """timed(fn), and what fn returned."""
+    result = []
+    seconds = timed(lambda: result.append(fn()))
+    return seconds, result[0]
 
 
 def python_bound_loop(busy) -> float:
@@ -233,7 +247,7 @@ def phase_loop(args, server: S3Server, sample: Path, tmp: Path, log) -> dict:
         for mode in ("thread", "process", "none"):
             if mode == "none":
                 end = time.perf_counter() + 3
-                rates[mode].append(python_bound_loop(lambda: time.perf_counter() < end))
+                rates[mode].append(python_bound_loop(lambda end=end: time.perf_counter() < end))
                 continue
             server.reset()
             store = storage.S3Store(f"s3://{BUCKET}/loop/{mode}/{i}/", args.concurrency)
@@ -249,16 +263,14 @@ def phase_loop(args, server: S3Server, sample: Path, tmp: Path, log) -> dict:
             try:
                 time.sleep(2)  # the upload process is up: the job starts it long before its first save
                 sync.submit(args.max_steps, sample)
-                rates[mode].append(python_bound_loop(lambda: sync._pending > 0))
+                rates[mode].append(python_bound_loop(lambda sync=sync: sync._pending > 0))
                 sync.wait()
             finally:
                 sync.close()
             if sync.stats.durable_step != args.max_steps:
                 raise SystemExit(f"the upload from the {mode} failed; see the log above")
-        log(
-            "  repeat %d: loop iterations/s %s; load %.1f"
-            % (i + 1, ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), load_1min())
-        )
+        summary = ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items())
+        log(f"  repeat {i + 1}: loop iterations/s {summary}; load {load_1min():.1f}")
     return rates
 
 
@@ -274,11 +286,12 @@ def phase_notice(args, server: S3Server, tmp: Path, log) -> dict:
         upload_inputs(args.train_rows, tmp)
         run = f"notice-{label}"
 
-        def on_line(job, line, sent=[], at_step=at_step):
-            if not sent and line.startswith("[metrics] step="):
-                if int(line.split()[1].split("=")[1]) >= at_step:
-                    job.proc.send_signal(signal.SIGTERM)
-                    sent.append(time.monotonic())
+        sent: list[float] = []
+
+        def on_line(job, line, sent=sent, at_step=at_step):
+            if not sent and line.startswith("[metrics] step=") and int(line.split()[1].split("=")[1]) >= at_step:
+                job.proc.send_signal(signal.SIGTERM)
+                sent.append(time.monotonic())
 
         job = Job(
             job_env(
@@ -304,7 +317,8 @@ def phase_notice(args, server: S3Server, tmp: Path, log) -> dict:
             "load_1min": load_1min(),
         }
         log(
-            f"  {run}: SIGTERM after step {at_step} was logged: exit {rc}, notice_to_durable_s {out[label]['notice_to_durable_s']}, "
+            f"  {run}: SIGTERM after step {at_step} was logged: exit {rc}, notice_to_durable_s "
+            f"{out[label]['notice_to_durable_s']}, "
             f"steps_lost {out[label]['steps_lost']}; load {out[label]['load_1min']:.1f}"
         )
         if rc != 143:
@@ -418,7 +432,10 @@ def table(r: dict) -> list[dict]:
         )
         rows.append(
             {
-                "metric": f"notice_to_durable_s, SIGTERM on a save step ({nt['s3_on_save']['signal_at_step']}) vs between saves (S3)",
+                "metric": (
+                    f"notice_to_durable_s, SIGTERM on a save step ({nt['s3_on_save']['signal_at_step']}) "
+                    "vs between saves (S3)"
+                ),
                 "ours": nt["s3_on_save"]["notice_to_durable_s"],
                 "baseline": nt["s3"]["notice_to_durable_s"],
                 "goal": "info",
@@ -506,7 +523,8 @@ def main(argv=None) -> int:
     try:
         if phases & {"overhead", "throughput", "loop"}:
             log(
-                f"phase 1: {args.pairs} pair(s) of MiniLM runs, {args.max_steps} steps, save every {args.save_steps}, OMP_NUM_THREADS={args.threads}"
+                f"phase 1: {args.pairs} pair(s) of MiniLM runs, {args.max_steps} steps, save every {args.save_steps}, "
+                f"OMP_NUM_THREADS={args.threads}"
             )
             overhead = (
                 phase_overhead(args, server, tmp, log)
@@ -536,7 +554,8 @@ def main(argv=None) -> int:
     print(markdown(rows))
     print(
         f"\n{results['runtime_s']} s in all; OMP_NUM_THREADS={args.threads}; medians of {args.pairs} run pair(s) and "
-        f"{args.repeats} transfer repeat(s); load average {load_at_start:.1f} at start, {results['load_1min_at_end']:.1f} at end "
+        f"{args.repeats} transfer repeat(s); load average {load_at_start:.1f} at start, "
+        f"{results['load_1min_at_end']:.1f} at end "
         f"on {os.cpu_count()} CPUs (above the CPU count, other work skews the timings: compare ratios, rerun when idle)"
     )
     if args.json:

@@ -16,8 +16,9 @@ import traceback
 from collections.abc import Iterator, Mapping
 
 from entrypoint import errors
-from entrypoint.config import platform
+from entrypoint.config import platform, sensitive
 from entrypoint.errors import ExitCode, FinetuneError, Interrupted, UserError
+from entrypoint.io import aws
 
 log = logging.getLogger("finetune")
 
@@ -33,6 +34,7 @@ def train(environ: Mapping[str, str], started: float) -> dict:
 
     quiet_libraries()
     runtime, settings = load_settings(environ)
+    environ = {**environ, **export_secrets(settings.secrets)}
     log.info("platform: %s; task: %s", runtime.describe(), settings.task)
     plan = launch.launch_plan(runtime, settings.num_processes, launch.visible_gpus(), environ)
     if plan is not None:  # several processes: this one launches them (each runs `finetune train`) and waits
@@ -49,6 +51,7 @@ def tune(environ: Mapping[str, str], started: float) -> dict:
 
     quiet_libraries()
     runtime, settings = load_settings(environ)
+    environ = {**environ, **export_secrets(settings.secrets)}
     return search.run(environ, runtime, settings, started)
 
 
@@ -69,11 +72,28 @@ def training_stack(command: str) -> Iterator[None]:
 def load_settings(environ: Mapping[str, str]):
     """The platform this runs on and the job's validated settings (SettingsError lists every problem)."""
     from entrypoint.config import settings as config
+    from entrypoint.io import storage
 
     runtime = platform.detect(environ, platform.read_platform_files(environ))
-    settings = config.load_settings(environ, runtime)
+    settings = config.load_settings(environ, runtime, storage.read_file)  # FT_CONFIG: a local path or S3 URI
     logging.getLogger().setLevel(settings.log_level)
     return runtime, settings
+
+
+def export_secrets(spec: str | None) -> dict[str, str]:
+    """FT_SECRETS: each secret's value read (Secrets Manager, SSM) into this process's environment,
+    where the Hub (HF_TOKEN), W&B (WANDB_API_KEY) and the like read it, before any of them runs;
+    every process of the job reads them itself. Returns them; the log names the variables only."""
+    from entrypoint.io import secret_store
+
+    references = sensitive.references(spec)  # checked with the settings already
+    if not references:
+        return {}
+    values = secret_store.read(references)
+    sensitive.remember(values.values())
+    os.environ.update(values)
+    log.info("FT_SECRETS: set %s from AWS (values not shown)", ", ".join(sorted(values)))
+    return values
 
 
 def quiet_libraries() -> None:
@@ -92,7 +112,8 @@ def write_failure_file(environ: Mapping[str, str], message: str) -> None:
         rt = platform.detect(environ, files)
         if rt.sagemaker is not None and not rt.sagemaker.failure_file.exists():  # the first failure is the cause
             rt.sagemaker.failure_file.parent.mkdir(parents=True, exist_ok=True)
-            rt.sagemaker.failure_file.write_text(message[:1024])
+            # Scrubbed before it is cut: a secret cut in half would no longer be recognised.
+            rt.sagemaker.failure_file.write_text(sensitive.scrub(message, sensitive.known())[:1024])
     except Exception:
         log.debug("could not write the failure file", exc_info=True)
 
@@ -100,7 +121,10 @@ def write_failure_file(environ: Mapping[str, str], message: str) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="finetune",
-        description="Fine-tune Hugging Face models as spot-resilient batch jobs. Settings come from FT_* environment variables (see README).",
+        description=(
+            "Fine-tune Hugging Face models as spot-resilient batch jobs. Settings come from FT_* environment "
+            "variables (see README)."
+        ),
     )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="run the fine-tuning job (SageMaker starts containers with `train`)")
@@ -108,6 +132,22 @@ def parser() -> argparse.ArgumentParser:
         "tune", help="Optuna search over the job's settings (FT_TUNE_*); tune.json and optuna.db at FT_OUTPUT_URI"
     )
     sub.add_parser("submit", help="launch the job on AWS Batch or SageMaker (`finetune submit --help`)", add_help=False)
+    sub.add_parser(
+        "check",
+        help="check the job's settings, inputs and outputs without training, before paying for a GPU "
+        "(`finetune check --help`)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "status",
+        help="where a run stands, from its checkpoint or output location (`finetune status --help`)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "report",
+        help="build a run's report.html (curves, interruptions, settings) from its checkpoint or output location",
+        add_help=False,
+    )
     codes = sub.add_parser("exit-codes", help="print the exit-code table and the AWS Batch retry rules")
     codes.add_argument("--json", action="store_true", help="as JSON")
     listing = sub.add_parser(
@@ -116,7 +156,15 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--names-json",
         action="store_true",
-        help="print the installed transformers' TrainingArguments names, as entrypoint/config/training_argument_names.json holds them",
+        help=(
+            "print the installed transformers' TrainingArguments names, as "
+            "entrypoint/config/training_argument_names.json holds them"
+        ),
+    )
+    listing.add_argument(
+        "--trainer-fields",
+        action="store_true",
+        help="print the TrainingArguments fields finetune refuses or adjusts, and why (config/trainer_fields.py)",
     )
     return p
 
@@ -127,8 +175,10 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     started = time.monotonic()
     # [rank1] starts each line when torchrun started this process among several
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=platform.log_format(environ))
-    if argv[:1] == ["submit"]:
-        command, rest = "submit", argv[1:]
+    aws.quiet_loggers()
+    sensitive.install_log_scrubber(environ)
+    if argv[:1] in (["submit"], ["status"], ["report"], ["check"]):  # they parse their own arguments
+        command, rest = argv[0], argv[1:]
     else:
         args = parser().parse_args(argv)
         command, rest = args.command, []
@@ -141,10 +191,23 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             from entrypoint.submit import command as submit
 
             return submit.main(rest, environ)
+        elif command == "check":
+            from entrypoint.ops import check
+
+            quiet_libraries()
+            return check.main(rest, environ)
+        elif command == "status":
+            from entrypoint.ops import status
+
+            return status.main(rest)
+        elif command == "report":
+            from entrypoint.ops import report
+
+            return report.main(rest)
         elif command == "exit-codes":
             return print_exit_codes(args.json)
         elif command == "settings":
-            return print_settings(args.names_json)
+            return print_settings(args.names_json, args.trainer_fields)
         return ExitCode.OK
     except Interrupted as exc:
         log.warning("%s", exc)
@@ -160,8 +223,13 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return ExitCode.UNEXPECTED
 
 
-def print_settings(names_json: bool = False) -> int:
+def print_settings(names_json: bool = False, trainer_fields: bool = False) -> int:
     from entrypoint.config.settings import all_training_argument_names, settings_table
+    from entrypoint.config.trainer_fields import markdown_table
+
+    if trainer_fields:
+        print(markdown_table())
+        return ExitCode.OK
 
     if names_json:
         import transformers

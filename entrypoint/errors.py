@@ -37,26 +37,38 @@ EXIT_CODES: tuple[ExitCodeDoc, ...] = (
     ExitCodeDoc(
         64,
         "USER_ERROR",
-        "The user's mistake: bad settings, missing data or columns, unreadable model. Fix the input; retrying cannot help.",
+        (
+            "The user's mistake: bad settings, missing data or columns, unreadable model, a local disk too small. "
+            "Fix the input; retrying cannot help."
+        ),
         False,
     ),
     ExitCodeDoc(
         75,
         "WORLD_ERROR",
-        "A transient fault of the world after retries (S3 unreachable or throttled, a newer attempt took over). Retrying resumes from the newest complete checkpoint.",
+        (
+            "A transient fault of the world after retries (S3 unreachable, throttled or stalled past the deadline, a "
+            "newer attempt took over). Retrying resumes from the newest complete checkpoint."
+        ),
         True,
     ),
     ExitCodeDoc(130, "INTERRUPTED_SIGINT", "Stopped by SIGINT (Ctrl-C) after a durable checkpoint.", False),
     ExitCodeDoc(
         137,
         "KILLED",
-        "Killed by SIGKILL (not set by finetune: OOM killer, or the 30 s after SIGTERM ran out). Retried only when Batch reports a spot reclamation.",
+        (
+            "Killed by SIGKILL (not set by finetune: OOM killer, or the 30 s after SIGTERM ran out). Retried only "
+            "when Batch reports a spot reclamation."
+        ),
         False,
     ),
     ExitCodeDoc(
         143,
         "INTERRUPTED",
-        "Stopped by SIGTERM or a spot interruption notice after a durable checkpoint. Rerun (or let Batch/SageMaker retry) to resume.",
+        (
+            "Stopped by SIGTERM or a spot interruption notice after a durable checkpoint. Rerun (or let "
+            "Batch/SageMaker retry) to resume."
+        ),
         True,
     ),
 )
@@ -101,7 +113,8 @@ def retry_rules_json(api: bool = False) -> list[dict[str, str]]:
 class FinetuneError(Exception):
     """Base of the errors the CLI maps to an exit code and reports without a traceback."""
 
-    exit_code: ExitCode = ExitCode.UNEXPECTED
+    # An ExitCode, or a training process's own exit code (WorkersFailed, FailedElsewhere).
+    exit_code: int = ExitCode.UNEXPECTED
 
 
 class UserError(FinetuneError):

@@ -6,8 +6,11 @@ regexes from `metric_definitions` match what `format_metrics` prints, and a test
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import time
+from collections.abc import Iterator
 
 PREFIX = "[metrics]"
 _NUMBER = r"(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
@@ -23,6 +26,25 @@ def format_metrics(values: dict[str, float | int | None]) -> str:
             continue
         parts.append(f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}")
     return f"{PREFIX} " + " ".join(parts)
+
+
+class Stages:
+    """Seconds spent in each stage of an attempt's start-up (restore, downloads, preparing the
+    data, loading the model), as `stage_<name>_s` metrics."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+
+    def metrics(self) -> dict[str, float]:
+        return {f"stage_{name}_s": round(seconds, 3) for name, seconds in self.seconds.items()}
 
 
 def metric_regex(name: str) -> str:

@@ -148,7 +148,8 @@ def main() -> int:
         model_files = sorted(k.rsplit("/", 1)[1] for k in keys if k.count("/") == 2)
         print("\n==== demo result ====")
         print(
-            f"interrupted at step        {metrics['resumed_from_step']} (SIGTERM), resumed from it with {metrics['steps_lost']} steps lost"
+            f"interrupted at step        {metrics['resumed_from_step']} (SIGTERM), resumed from it with "
+            f"{metrics['steps_lost']} steps lost"
         )
         print(f"finished at step           {metrics['global_step']}")
         print(f"SST-2 validation accuracy  {metrics['eval_accuracy']:.4f} (macro-F1 {metrics['eval_f1_macro']:.4f})")

@@ -65,7 +65,8 @@ class Runtime:
     def describe(self) -> str:
         if self.platform == "sagemaker":
             hosts = f", host {self.current_host} of {len(self.hosts)}" if len(self.hosts) > 1 else ""
-            return f"SageMaker training job {self.job_id or '?'} (channels: {', '.join(self.sagemaker.channels) or 'none'}{hosts})"
+            channels = self.sagemaker.channels if self.sagemaker is not None else ()
+            return f"SageMaker training job {self.job_id or '?'} (channels: {', '.join(channels) or 'none'}{hosts})"
         if self.platform == "batch":
             node = f", node {self.node_index} of {self.num_nodes}" if self.num_nodes else ""
             return f"AWS Batch job {self.job_id} attempt {self.attempt}{node}"
@@ -137,17 +138,15 @@ def detect(environ: Mapping[str, str], files: Mapping[str, str]) -> Runtime:
         )
     if environ.get("AWS_BATCH_JOB_ID"):
         attempt = environ.get("AWS_BATCH_JOB_ATTEMPT", "1")
-        # https://docs.aws.amazon.com/batch/latest/userguide/job_env_vars.html (multi-node parallel jobs)
-        nodes = {
-            name: _int(environ.get(f"AWS_BATCH_JOB_{name.upper()}"))
-            for name in ("num_nodes", "node_index", "main_node_index")
-        }
         return Runtime(
             platform="batch",
             job_id=environ["AWS_BATCH_JOB_ID"],
             attempt=int(attempt) if attempt.isdigit() else None,
+            # https://docs.aws.amazon.com/batch/latest/userguide/job_env_vars.html (multi-node parallel jobs)
+            num_nodes=_int(environ.get("AWS_BATCH_JOB_NUM_NODES")),
+            node_index=_int(environ.get("AWS_BATCH_JOB_NODE_INDEX")),
+            main_node_index=_int(environ.get("AWS_BATCH_JOB_MAIN_NODE_INDEX")),
             main_node_address=environ.get("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"),
-            **nodes,
         )
     return Runtime(platform="local")
 

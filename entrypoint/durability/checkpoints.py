@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -24,7 +25,8 @@ from entrypoint.durability.manifests import (
     store_name,
     to_delete,
 )
-from entrypoint.io import storage
+from entrypoint.errors import UserError, WorldError
+from entrypoint.io import disk, storage
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,26 @@ class UploadRequest:
     best_step: int | None
 
 
+def identity(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is written again, even in place under the same name (a hard link
+    shares the inode: the Trainer saving a step twice rewrites the files a snapshot links to)."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def upload_hashed(store: storage.Store, folder: Path, name: str, step: int, generation: int, concurrency: int) -> dict:
     """Upload `folder` under `name/`, hashing each file in the same worker that uploads it (so
-    hashing overlaps the other files' transfers); returns the manifest to commit."""
+    hashing overlaps the other files' transfers); returns the manifest to commit. A file written
+    while it was hashed or uploaded fails the upload: the manifest would not describe what was sent."""
     rels = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
 
     def send(rel: str) -> tuple[str, dict]:
         path = folder / rel
-        entry = {"size": path.stat().st_size, "sha256": sha256(path)}
+        before = identity(path)
+        entry = {"size": before[1], "sha256": sha256(path)}
         store.upload_file(path, f"{name}/{rel}")
+        if identity(path) != before:
+            raise WorldError(f"{rel} of checkpoint {step} changed while it was uploaded; this upload is not committed")
         return rel, entry
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -81,12 +94,33 @@ def scan(store: storage.Store, cache: dict[str, dict | None] | None = None) -> l
     return checkpoints_from(listing, manifests)
 
 
+def read_manifest(store: storage.Store, name: str) -> dict | None:
+    """The manifest committed for checkpoint `name`, if any and readable."""
+    return read_manifests(store, [name], {})[name]
+
+
+def matches_store(store: storage.Store, name: str, manifest: dict) -> bool:
+    """Whether the files at `name/` are the ones `manifest` lists, with the listed sizes."""
+    listing = store.list(f"{name}/")
+    files = {key[len(name) + 1 :]: size for key, size in listing.items()}
+    step, generation = manifest.get("step", -1), manifest.get("generation", -1)
+    return Checkpoint(name, step, generation, files, manifest).complete
+
+
 def delete_checkpoints(store: storage.Store, doomed: list[Checkpoint]) -> None:
     """Delete the manifests first, so a kill half-way leaves incomplete (ignored) leftovers."""
     if not doomed:
         return
     store.delete([f"{c.name}/{MANIFEST}" for c in doomed if MANIFEST in c.files])
     store.delete([f"{c.name}/{rel}" for c in doomed for rel in c.files if rel != MANIFEST])
+
+
+def _fetch_verified(store: storage.Store, name: str, folder: Path, expected: dict, rel: str) -> str | None:
+    """Download one file of checkpoint `name` into `folder` and verify it in the same worker; `rel`
+    if it is corrupt."""
+    path = storage.safe_destination(folder, rel)
+    store.download_file(f"{name}/{rel}", path)
+    return rel if sha256(path) != expected[rel]["sha256"] else None
 
 
 def restore(store: storage.Store, scratch: Path, concurrency: int = 8) -> tuple[int, Path] | None:
@@ -101,15 +135,22 @@ def restore(store: storage.Store, scratch: Path, concurrency: int = 8) -> tuple[
         folder = scratch / local_name(cp.step)
         shutil.rmtree(folder, ignore_errors=True)
         expected = cp.manifest["files"]
-
-        def fetch(rel: str) -> str | None:
-            """Download one file and verify it in the same worker; the name if it is corrupt."""
-            path = storage.safe_destination(folder, rel)
-            store.download_file(f"{cp.name}/{rel}", path)
-            return rel if sha256(path) != expected[rel]["sha256"] else None
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-            bad = [rel for rel in pool.map(fetch, expected) if rel]
+        fetch = functools.partial(_fetch_verified, store, cp.name, folder, expected)
+        needed = sum(int(meta.get("size", 0)) for meta in expected.values())
+        try:
+            with (
+                disk.room_for(folder, f"downloading checkpoint {cp.name}", needed),
+                concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool,
+            ):
+                bad = [rel for rel in pool.map(fetch, expected) if rel]
+        except disk.DiskFull:
+            raise
+        except UserError as exc:  # NoSuchKey: deleted since the listing (another attempt's retention)?
+            if matches_store(store, cp.name, cp.manifest):
+                raise  # still there: the error is about access, not a vanished checkpoint
+            log.warning("skipping checkpoint %s: it was deleted while it was being downloaded (%s)", cp.name, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
         if bad:
             log.warning("skipping checkpoint %s: checksum mismatch in %s", cp.name, ", ".join(bad))
             shutil.rmtree(folder, ignore_errors=True)
@@ -129,11 +170,16 @@ class Uploaded:
     durable_at: float | None = None  # time.monotonic(): one clock for every process of a machine
     removed: tuple[str, ...] = ()
     superseded: bool = False
+    already: bool = False  # this step was committed by an earlier upload of this attempt: nothing sent
 
 
 def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[str, dict | None]) -> Uploaded:
     """Upload one checkpoint, commit it with its manifest unless a newer attempt took over the
-    store, then apply retention (a failed retention is retried after the next checkpoint)."""
+    store, then apply retention (a failed retention is retried after the next checkpoint).
+
+    A step is committed once: a second save of it (the Trainer saves a step twice when a stop lands
+    on an epoch's end) sends nothing, since its files would replace those under the first manifest.
+    The checkpoint counts as durable only if the manifest at the store describes the files there."""
     folder, step, generation, keep_last, best_step = (
         request.folder,
         request.step,
@@ -144,15 +190,29 @@ def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[
     concurrency = request.concurrency
     started = time.monotonic()
     name = store_name(step, generation)
+    committed = read_manifest(store, name)
+    if committed is not None:
+        if not matches_store(store, name, committed):
+            raise WorldError(f"checkpoint {name} at {store.uri} has a manifest that its files do not match")
+        log.info("checkpoint %d was already committed as %s: this save of the same step is not uploaded", step, name)
+        return Uploaded(step, durable_at=time.monotonic(), already=True)
     manifest = upload_hashed(store, folder, name, step, generation, concurrency)
     if newest_generation(store) > generation:
         return Uploaded(step, superseded=True)
-    store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), if_absent=True)
+    if not store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), if_absent=True):
+        # Committed by another upload meanwhile: durable only if that manifest lists what was just sent.
+        existing = read_manifest(store, name)
+        if existing is None or existing.get("files") != manifest["files"] or not matches_store(store, name, existing):
+            raise WorldError(f"checkpoint {name} at {store.uri} was committed meanwhile with other files")
     durable_at = time.monotonic()
     size = sum(meta["size"] for meta in manifest["files"].values())
     removed: tuple[str, ...] = ()
     try:
-        doomed = to_delete(scan(store, cache), keep_last, best_step)
+        # Only this attempt's checkpoints and older ones; and none at all once a newer attempt has
+        # started (checked right before deleting): a stale attempt never deletes a newer one's work.
+        doomed = to_delete(scan(store, cache), keep_last, best_step, generation)
+        if doomed and newest_generation(store) > generation:
+            return Uploaded(step, size, durable_at - started, durable_at, superseded=True)
         delete_checkpoints(store, doomed)
         removed = tuple(c.name for c in doomed)
     except Exception:

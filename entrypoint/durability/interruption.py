@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 IMDS_TOKEN_TTL_S = 21600
 IMDS_TIMEOUT_S = 1.0
+IMDS_FAILURES_BEFORE_WARNING = 3
+# Kept from the platform's grace after a stop request (at most this, or a quarter of it), to report
+# and exit before the kill: a training process's interpreter takes seconds to shut down.
+STOP_MARGIN_S = 10.0
 
 
 class StopRequest:
@@ -110,14 +114,24 @@ class SpotNoticePoller(threading.Thread):
 
     def run(self) -> None:
         failures = 0
+        warned = False
         while not self._done.wait(self.interval_s) and not self.stop_request.is_set():
             try:
                 notice = self.check()
                 failures = 0
             except (OSError, ValueError) as exc:
                 failures += 1
-                if failures == 3:
-                    log.debug("instance metadata service not answering (%s); still polling", exc)
+                if failures == IMDS_FAILURES_BEFORE_WARNING and not warned:
+                    warned = True  # once per attempt: a job on a host without IMDS access would repeat it forever
+                    log.warning(
+                        "the instance metadata service at %s is not answering (%s): a spot interruption notice "
+                        "would be missed (SIGTERM still stops the job cleanly). Still polling; IMDSv2 from a "
+                        "container needs a hop limit of 2 on the instance",
+                        self.endpoint,
+                        exc,
+                    )
+                elif failures >= IMDS_FAILURES_BEFORE_WARNING:
+                    log.debug("instance metadata service still not answering (%s)", exc)
                 continue
             if notice:
                 log.warning("spot interruption notice: %s", notice)
@@ -178,6 +192,14 @@ def check_stop(stop: StopRequest, where: str, agree: Callable[[list[bool]], list
         error = stop.interrupted()
         log.warning("stop requested (%s) %s: nothing to save", error.reason, where)
         raise error
+
+
+def stop_deadline(stop: StopRequest, grace_s: float) -> float | None:
+    """By when (time.monotonic()) the stop checkpoint must be durable: the platform kills the job
+    `grace_s` after the stop request; a margin is kept to report and exit. None without a request."""
+    if stop.requested_at is None:
+        return None
+    return stop.requested_at + grace_s - min(STOP_MARGIN_S, grace_s / 4)
 
 
 def raise_interrupted(stop: StopRequest, figures: dict) -> None:

@@ -61,7 +61,9 @@ def checkpoints_from(listing: dict[str, int], manifests: dict[str, dict | None])
     """Every checkpoint in a listing, newest first (by step, then attempt generation)."""
     found = []
     for folder, files in group(listing).items():
-        step, generation = (int(x) for x in NAME_RE.match(folder).groups())
+        match = NAME_RE.match(folder)
+        assert match is not None  # group() keeps only checkpoint folder names
+        step, generation = (int(x) for x in match.groups())
         found.append(Checkpoint(folder, step, generation, files, manifests.get(folder)))
     return sorted(found, key=lambda c: (c.step, c.generation), reverse=True)
 
@@ -70,10 +72,13 @@ def latest_complete(checkpoints: list[Checkpoint]) -> Checkpoint | None:
     return next((c for c in checkpoints if c.complete), None)
 
 
-def to_delete(checkpoints: list[Checkpoint], keep_last: int, best_step: int | None) -> list[Checkpoint]:
+def to_delete(
+    checkpoints: list[Checkpoint], keep_last: int, best_step: int | None, generation: int | None = None
+) -> list[Checkpoint]:
     """The checkpoints retention removes: complete ones beyond the newest `keep_last` (the best
     one excepted), and incomplete leftovers older than the newest complete one. Nothing at all
-    while no checkpoint is complete."""
+    while no checkpoint is complete. Given the deleting attempt's `generation`, only checkpoints
+    of that attempt and earlier ones: never those of a newer attempt."""
     complete = [c for c in checkpoints if c.complete]
     if not complete:
         return []
@@ -83,7 +88,7 @@ def to_delete(checkpoints: list[Checkpoint], keep_last: int, best_step: int | No
     newest = complete[0]
     doomed = [c for c in complete if c.name not in keep]
     doomed += [c for c in checkpoints if not c.complete and (c.step, c.generation) < (newest.step, newest.generation)]
-    return doomed
+    return [c for c in doomed if generation is None or c.generation <= generation]
 
 
 def sha256(path: Path) -> str:

@@ -9,6 +9,7 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from entrypoint.durability.checkpoints import UploadRequest, upload_checkpoint
@@ -51,21 +52,32 @@ class CheckpointSync:
     runs in that process, so that its hashing and HTTP work never competes with training for the
     GIL, and falls back to this thread if that process dies. When several checkpoints queue up, only
     the newest is uploaded. A failed upload is logged and the next checkpoint is tried; retention
-    runs only after a newer checkpoint is complete.
+    runs only after a newer checkpoint is complete. An upload in the upload process that takes
+    longer than `upload_timeout_s` counts as stalled: that process is stopped and the upload failed.
     """
 
     def __init__(
-        self, store: storage.Store, staging: Path, generation: int, keep_last: int, concurrency: int = 8, uploader=None
+        self,
+        store: storage.Store,
+        staging: Path,
+        generation: int,
+        keep_last: int,
+        concurrency: int = 8,
+        uploader=None,
+        upload_timeout_s: float | None = None,
     ):
         self.store = store
         self.staging = staging
         self.generation = generation
         self.keep_last = keep_last
         self.concurrency = concurrency
+        self.upload_timeout_s = upload_timeout_s
         self.stats = SyncStats()
         self.superseded = False
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0
+        self._submitted = 0
+        self._closed = threading.Event()
         self._lock = threading.Condition()
         self._manifests: dict[str, dict | None] = {}
         self._worker = uploader
@@ -73,12 +85,17 @@ class CheckpointSync:
         self._thread.start()
 
     def submit(self, step: int, folder: Path, best_step: int | None = None) -> None:
-        """Queue `folder` (the Trainer's checkpoint at `step`) for upload; returns at once."""
-        dest = self.staging / local_name(step)
+        """Queue `folder` (the Trainer's checkpoint at `step`) for upload; returns at once. Each
+        submission has a snapshot of its own, so a second save of the same step never disturbs
+        the first one's upload or cleanup (and a step is committed once, see upload_checkpoint)."""
+        with self._lock:
+            self._submitted += 1
+            number = self._submitted
+        dest = self.staging / f"{local_name(step)}.{number}"
         snapshot(folder, dest)
         with self._lock:
             self._pending += 1
-        self._queue.put((step, dest, best_step))
+        self._queue.put((step, number, dest, best_step))
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until every submitted checkpoint is uploaded or has failed; False on timeout."""
@@ -91,8 +108,38 @@ class CheckpointSync:
                 self._lock.wait(left)
         return True
 
+    def drain(self, deadline: Callable[[], float]) -> bool:
+        """Wait for every submitted checkpoint until `deadline()` (a time.monotonic(), asked again as
+        the wait goes on: a stop request during the wait brings it forward), then stop the upload
+        process. False if uploads were still going at the deadline: they are abandoned."""
+        while True:
+            left = deadline() - time.monotonic()
+            if self.wait(max(0.0, min(left, 1.0))):
+                finished = True
+                break
+            if left <= 0:
+                finished = False
+                break
+        self.close()
+        return finished
+
+    def unfinished(self, why: str) -> WorldError:
+        """The error that ends a job whose uploads did not finish `why` (drain returned False)."""
+        durable = self.stats.durable_step
+        which = (
+            f"the newest durable checkpoint of this attempt is step {durable}"
+            if durable is not None
+            else "no checkpoint of this attempt is durable"
+        )
+        return WorldError(
+            f"checkpoint uploads to {self.store.uri} did not finish {why}: {which}; a retry resumes from the newest "
+            "complete checkpoint there"
+        )
+
     def close(self) -> None:
-        """Stop the upload process (after `wait()`)."""
+        """Stop the upload process (after `wait()` or `drain()`); an upload still in flight is
+        abandoned, and nothing queued is uploaded any more."""
+        self._closed.set()
         if self._worker is not None:
             self._worker.close()
 
@@ -104,14 +151,19 @@ class CheckpointSync:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            *older, newest = sorted(items, key=lambda item: item[0])
-            for step, dest, _ in older:
+            *older, newest = sorted(items, key=lambda item: item[:2])  # by step, then submission
+            for step, _, dest, _ in older:
                 log.info("checkpoint %d superseded by %d before upload: skipped", step, newest[0])
                 shutil.rmtree(dest, ignore_errors=True)
+            step, _, dest, best_step = newest
             try:
-                self._upload(*newest)
+                if not self._closed.is_set():
+                    self._upload(step, dest, best_step)
             except Exception as exc:
                 self.stats.failures += 1
+                if self._closed.is_set():  # the job gave up waiting (drain's deadline) and is ending
+                    log.warning("upload of checkpoint %d abandoned (%s)", step, exc)
+                    continue
                 log.error(
                     "upload of checkpoint %d failed (%s); training goes on and the next checkpoint will be tried",
                     newest[0],
@@ -119,7 +171,7 @@ class CheckpointSync:
                     exc_info=not isinstance(exc, FinetuneError),
                 )
             finally:
-                shutil.rmtree(newest[1], ignore_errors=True)
+                shutil.rmtree(dest, ignore_errors=True)
                 with self._lock:
                     self._pending -= len(items)
                     self._lock.notify_all()
@@ -130,17 +182,22 @@ class CheckpointSync:
         request = UploadRequest(
             self.store.uri, self.concurrency, folder, step, self.generation, self.keep_last, best_step
         )
-        done = self._worker.upload(request) if self._worker is not None else None
+        done = self._worker.upload(request, self.upload_timeout_s) if self._worker is not None else None
         if done is None:  # no upload process, or it died: upload from here
+            if self._closed.is_set():
+                return
             done = upload_checkpoint(self.store, request, self._manifests)
+        if done.durable_at is not None and not (done.already and self.stats.durable_step == step):
+            self.stats.durable_step = step
+            self.stats.durable_at = done.durable_at
         if done.superseded:
             self.superseded = True
             raise WorldError(f"a newer attempt of this job writes to {self.store.uri}; this attempt stops writing")
+        if done.already:
+            return
         self.stats.uploads += 1
         self.stats.bytes += done.bytes
         self.stats.seconds += done.seconds
-        self.stats.durable_step = step
-        self.stats.durable_at = done.durable_at
         log.info(
             "checkpoint %d durable at %s%s (%.1f MB in %.1f s)",
             step,

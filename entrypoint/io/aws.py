@@ -8,6 +8,7 @@ whole program at a local S3 server by setting them; nothing here is patched.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 
 import boto3
@@ -50,3 +51,14 @@ def client(service: str, region: str | None = None):
 def _configured(chain, name: str) -> bool:
     """Whether the user set `name` (botocore reports a default for retry_mode otherwise)."""
     return chain.get_config_variable(name, methods=("env", "config")) is not None
+
+
+# Their INFO lines ("Found credentials in environment variables", "Found endpoint for s3 via:
+# environment_global") repeat for every client, and at DEBUG botocore logs request headers,
+# session tokens included: they log warnings and errors only, whatever FT_LOG_LEVEL says.
+NOISY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def quiet_loggers() -> None:
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -59,7 +59,8 @@ def apply(model, settings):
     if settings.load_in_4bit:
         if not getattr(model, "is_loaded_in_4bit", False):
             raise UserError(
-                "FT_LOAD_IN_4BIT is set but the model was not loaded in 4 bits (QLoRA needs a CUDA GPU and bitsandbytes)."
+                "FT_LOAD_IN_4BIT is set but the model was not loaded in 4 bits "
+                "(QLoRA needs a CUDA GPU and bitsandbytes)."
             )
         # Casts norms to fp32 and, with gradient checkpointing, lets gradients reach the adapters.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)

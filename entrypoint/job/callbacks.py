@@ -36,6 +36,7 @@ class SyncTensorBoard(TrainerCallback):
         self.target = target
         self.concurrency = concurrency
         self._sent: dict[str, int] = {}
+        self._warned = False
 
     def attach(self, trainer: Trainer) -> None:
         for cb in trainer.callback_handler.callbacks:
@@ -51,8 +52,14 @@ class SyncTensorBoard(TrainerCallback):
             try:
                 storage.upload_many(storage.open_store(self.target, self.concurrency), changed, self.concurrency)
                 self._sent.update({k: p.stat().st_size for k, p in changed.items()})
-            except FinetuneError:  # best effort: the next sync tries again
-                log.warning("TensorBoard sync to %s failed; will retry", self.target, exc_info=True)
+            except (FinetuneError, OSError):  # best effort (S3, or a local folder): the next sync tries again
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "TensorBoard sync to %s failed; training goes on, will retry", self.target, exc_info=True
+                    )
+                else:
+                    log.debug("TensorBoard sync to %s failed again", self.target, exc_info=True)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -84,15 +91,58 @@ class SyncCheckpoints(TrainerCallback):
         return control
 
 
-class MetricLines(TrainerCallback):
-    """Every Trainer log entry as a `[metrics] name=value ...` line (SageMaker metric regexes)."""
+def progress(step: int, max_steps: int, steps_done: int, elapsed_s: float) -> dict[str, float]:
+    """Percent of the planned steps done, and the seconds left at this attempt's rate so far."""
+    if max_steps <= 0:
+        return {}
+    out = {"progress_pct": round(100 * step / max_steps, 1)}
+    if steps_done > 0 and elapsed_s > 0:
+        out["eta_s"] = round((max_steps - step) * elapsed_s / steps_done)
+    return out
+
+
+class SaveOncePerStep(TrainerCallback):
+    """No second save of a step. With FT_SAVE_STRATEGY=epoch, a stop saves at a step boundary and
+    the Trainer then ends the epoch early, and its epoch-end save would save the same step again:
+    rewriting in place the files whose first save is being uploaded (the upload's snapshot shares
+    them through hard links). Goes after every callback that asks for a save."""
 
     def __init__(self):
-        self.first_step_logged = False
+        self.saved_step: int | None = None
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved_step = state.global_step
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save and state.global_step == self.saved_step:
+            log.info("step %d is saved already: no second checkpoint at the epoch's end", state.global_step)
+            control.should_save = False
+        return control
+
+
+class MetricLines(TrainerCallback):
+    """Every Trainer log entry as a `[metrics] name=value ...` line (SageMaker metric regexes),
+    with the percent done and the time left (progress_pct, eta_s) on training lines."""
+
+    def __init__(self):
+        self.start: tuple[float, int] | None = None  # (time, step) when this attempt began training
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = (time.monotonic(), state.global_step)
+        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            print(reporting.format_metrics({"step": state.global_step, **logs}), flush=True)
+            values = {"step": state.global_step, **logs}
+            if self.start is not None and "loss" in logs:  # a training line, not an evaluation's
+                started, first_step = self.start
+                values.update(
+                    progress(
+                        state.global_step, state.max_steps, state.global_step - first_step, time.monotonic() - started
+                    )
+                )
+            print(reporting.format_metrics(values), flush=True)
         return control
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,12 +17,110 @@ log = logging.getLogger(__name__)
 
 def fetch_model(uri: str, work_dir: Path, concurrency: int) -> Path:
     """A local folder holding the model named by FT_MODEL."""
-    folder = storage.fetch(storage.as_prefix(uri) if storage.is_s3(uri) else uri, work_dir / "model", concurrency)
+    source = storage.as_prefix(uri) if storage.is_s3(uri) else uri
+    folder = storage.fetch(source, work_dir / "model", concurrency, label="FT_MODEL")
     if not (folder / "config.json").is_file():
         raise UserError(
-            f"FT_MODEL: {uri} holds no config.json. Point FT_MODEL at a folder written by save_pretrained (model and tokenizer)."
+            f"FT_MODEL: {uri} holds no config.json. "
+            "Point FT_MODEL at a folder written by save_pretrained (model and tokenizer)."
         )
     return folder
+
+
+# Without any of these, AutoTokenizer quietly builds a tokenizer of the special tokens alone
+# (transformers 5): every word would become [UNK] and training would "work".
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+SAFE_WEIGHTS = ".safetensors"
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# The Auto classes' mappings {model_type: class} each task loads its model with (seq2seq also
+# warm-starts an encoder-decoder from any encoder, so it is not checked here).
+TASK_MAPPINGS = {
+    "sequence-classification": (
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+        "AutoModelForSequenceClassification",
+    ),
+    "causal-lm": ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
+    "masked-lm": ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "AutoModelForMaskedLM"),
+}
+
+
+def check_model(folder: Path, settings) -> None:
+    """What can be told of FT_MODEL's folder before loading it: a readable config.json for a model
+    the task can load, and weights that are whole safetensors files (pickle weights, which can run
+    code when loaded, only with FT_ALLOW_PICKLE_WEIGHTS)."""
+    check_config(folder, settings)
+    check_weights(folder, settings)
+
+
+def check_config(folder: Path, settings) -> None:
+    """A readable config.json for a model the task can load, and tokenizer files next to it."""
+    uri = settings.model
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"FT_MODEL: the config.json of {uri} is not JSON ({exc}). Point FT_MODEL at a folder written by "
+            "save_pretrained."
+        ) from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if settings.task in TASK_MAPPINGS and model_type:
+        from transformers.models.auto import modeling_auto
+
+        mapping, auto_class = TASK_MAPPINGS[settings.task]
+        if model_type not in getattr(modeling_auto, mapping):
+            raise UserError(
+                f"FT_MODEL: {uri} is a {model_type!r} model, which transformers cannot load for "
+                f"FT_TASK={settings.task} (no {auto_class} for it). Point FT_MODEL at a model for that task, or "
+                "set FT_TASK to one this model does."
+            )
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if not any(p.name in TOKENIZER_FILES for p in files):
+        raise UserError(
+            f"FT_MODEL: {uri} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...). Save the tokenizer "
+            "next to the model (tokenizer.save_pretrained(folder))."
+        )
+
+
+def check_weights(folder: Path, settings) -> None:
+    """Weights that are whole safetensors files (pickle only with FT_ALLOW_PICKLE_WEIGHTS)."""
+    uri = settings.model
+    files = [p for p in folder.iterdir() if p.is_file()]
+    safe = [p for p in files if p.name.endswith(SAFE_WEIGHTS)]
+    pickled = sorted(p.name for p in files if p.name.endswith(PICKLE_WEIGHTS) and "training_args" not in p.name)
+    if not safe and not pickled:
+        raise UserError(
+            f"FT_MODEL: {uri} holds no weights (no *.safetensors file). Save the model with save_pretrained."
+        )
+    if not safe and not settings.allow_pickle_weights:
+        raise UserError(
+            f"FT_MODEL: {uri} holds pickle weights only ({', '.join(pickled)}); loading pickle can run code. "
+            "Save the model as safetensors (model.save_pretrained(folder) does), or set FT_ALLOW_PICKLE_WEIGHTS=true "
+            "if you trust its origin."
+        )
+    for path in safe:
+        _check_safetensors(path, uri)
+
+
+def _check_safetensors(path: Path, uri: str) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as exc:
+        raise UserError(
+            f"FT_MODEL: {path.name} of {uri} is not a whole safetensors file ({exc}): a truncated or corrupt "
+            "upload. Upload the model folder again."
+        ) from None
 
 
 def load_tokenizer(folder: Path, uri: str):
@@ -29,7 +128,8 @@ def load_tokenizer(folder: Path, uri: str):
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:
         raise UserError(
-            f"FT_MODEL: cannot load a tokenizer from {uri} ({exc}). Save the tokenizer next to the model (tokenizer.save_pretrained)."
+            f"FT_MODEL: cannot load a tokenizer from {uri} ({exc}). "
+            "Save the tokenizer next to the model (tokenizer.save_pretrained)."
         ) from exc
 
 
@@ -39,7 +139,8 @@ def model_kwargs(settings) -> dict:
         return {}
     if not torch.cuda.is_available():
         raise UserError(
-            "FT_LOAD_IN_4BIT (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no GPU. Unset FT_LOAD_IN_4BIT to train LoRA on a full-precision base."
+            "FT_LOAD_IN_4BIT (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no GPU. "
+            "Unset FT_LOAD_IN_4BIT to train LoRA on a full-precision base."
         )
     try:
         import bitsandbytes  # noqa: F401

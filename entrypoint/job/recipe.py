@@ -10,7 +10,9 @@ and `agree` (a flag set on any process is set on all). With one process they are
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,19 @@ from entrypoint.config.settings import JobSettings
 from entrypoint.durability import accounting, attempts, checkpoints, interruption, upload_process
 from entrypoint.durability.sync import CheckpointSync
 from entrypoint.errors import WorldError
-from entrypoint.io import storage
-from entrypoint.job import adapters, callbacks, data, modeling, outputs, training, workspace
+from entrypoint.io import disk, storage
+from entrypoint.job import (
+    adapters,
+    callbacks,
+    modeling,
+    outputs,
+    prepared,
+    run_report,
+    sources,
+    tracking,
+    training,
+    workspace,
+)
 from entrypoint.parallel.collectives import all_max as agree
 from entrypoint.parallel.collectives import in_turn, is_main, on_local_main, on_main, per_process, require_data_parallel
 
@@ -41,6 +54,9 @@ class TrainingJob:
         self.sync: CheckpointSync | None = None
         self.resumed_step: int | None = None
         self.resumed_dir: Path | None = None
+        self.stages = reporting.Stages()
+        self.model_source: sources.HubSource | None = None
+        self.prepared_hit: bool | None = None
 
     def run(self) -> dict:
         """The whole attempt; the metrics of the finished job (an interrupted one raises)."""
@@ -56,12 +72,18 @@ class TrainingJob:
     def setup(self) -> None:
         self.setup_signals()
         self.setup_workspace()
-        self._setup_attempt()
-        self._setup_restore()
-        interruption.check_stop(self.stop, "after restoring the checkpoint", agree)
-        self.setup_data()
         self.setup_model_files()
-        self._setup_model()
+        self.setup_data()
+        with self.stages.timed("model_load"):
+            self._setup_model()
+        interruption.check_stop(self.stop, "before claiming the attempt", agree)
+        # Only now, with the user's inputs all read and checked, does the job write to its
+        # checkpoint location: a mistake in them leaves nothing behind.
+        self._setup_attempt()
+        with self.stages.timed("restore"):
+            self._setup_restore()
+        if is_main():
+            print(reporting.format_metrics(self.stages.metrics()), flush=True)
         interruption.check_stop(self.stop, "before training", agree)
 
     def setup_signals(self) -> None:
@@ -75,6 +97,9 @@ class TrainingJob:
         with workspace.one_at_a_time(self.settings.work_dir):  # this machine's processes share FT_WORK_DIR
             self.work = workspace.prepare(self.settings.work_dir)
         self.args = training.arguments_for(self.settings, self.task, self.work.checkpoints)
+        # Every location the job will write to, tried now: a missing bucket or a refused write is
+        # the user's error before any download, not a failure (and a retried job) after training.
+        on_main(storage.check_writable, config.write_locations(self.settings, self.runtime, self.args.report_to))
 
     def _setup_attempt(self) -> None:
         """Claim this attempt's number at the checkpoint location (fencing out stale attempts)."""
@@ -88,24 +113,78 @@ class TrainingJob:
         )
         self.resumed_step, self.resumed_dir = restored or (None, None)
 
-    def setup_data(self) -> None:
-        settings, task = self.settings, self.task
-        self.prepared = in_turn(
-            lambda: task.prepare(data.load_splits(settings, self.work.root, task.columns(settings)), settings)
+    def setup_model_files(self) -> None:
+        """The base model's files (a Hub model through its mirror at FT_CACHE_URI) and its tokenizer."""
+        settings, work = self.settings, self.work.root
+        self.mirror = sources.Mirror(config.cache_uri(settings, self.runtime), work, settings.transfer_concurrency)
+        room = functools.partial(
+            disk.room_for, work, "downloading the model", lambda: disk.source_bytes([settings.model])
         )
 
-    def setup_model_files(self) -> None:
-        self.model_dir = on_local_main(
-            modeling.fetch_model, self.settings.model, self.work.root, self.settings.transfer_concurrency
-        )
-        self.tokenizer = modeling.load_tokenizer(self.model_dir, self.settings.model)
+        def mirror():  # the main process: a Hub model's commit pinned and its files mirrored
+            with room():
+                return sources.model_source(settings, self.mirror, work)
+
+        def fetch():
+            with room():
+                return sources.fetch_model(settings, self.model_source, self.mirror, work)
+
+        with self.stages.timed("model_download"):
+            self.model_source = on_main(mirror)
+            self.model_dir = on_local_main(fetch)
+        modeling.check_model(self.model_dir, settings)
+        self.tokenizer = modeling.load_tokenizer(self.model_dir, settings.model)
+
+    def setup_data(self) -> None:
+        self.setup_data_sources()
+        self.prepared = self.prepare_data(self.settings)
+
+    def setup_data_sources(self) -> None:
+        """What the data is, identified by its content (a Hub data set pinned and mirrored first)."""
+        with self.stages.timed("data_sources"):
+            self.data_sources = on_main(sources.data_sources, self.settings, self.mirror, self.work.root)
+
+    def prepare_data(self, settings: JobSettings) -> tasks.Prepared:
+        """The tokenized data sets and the task's info for `settings` (also each tune trial's): the
+        prepared data kept at FT_CACHE_URI when there is some for them, else prepared here (by the
+        main process, which keeps it there for the next attempt)."""
+        work = self.work.root
+        needed = functools.partial(disk.source_bytes, [settings.train_data, settings.eval_data])
+
+        def build():
+            with disk.room_for(work, "preparing the data", needed):
+                return prepared.build(
+                    settings, self.task, self.tokenizer, self.data_sources, self.mirror, work, self.stages
+                )
+
+        if not settings.cache_prepared_data:
+            return in_turn(build)
+        cache = prepared.Cache(config.cache_uri(settings, self.runtime), work, settings.transfer_concurrency)
+        key, inputs = on_main(prepared.key_for, settings, self.model_dir, self.data_sources)
+        with self.stages.timed("prepared_load"):
+            folder = on_local_main(cache.fetch, key)
+        self.prepared_hit = folder is not None
+        if folder is None:
+
+            def save():
+                with disk.room_for(work, "saving the prepared data", needed):
+                    cache.save(key, inputs, build, self.stages)
+
+            on_main(save)
+            with self.stages.timed("prepared_load"):
+                folder = on_local_main(cache.fetch, key, False)
+            if folder is None:
+                raise WorldError(f"the prepared data just saved at {cache.store.uri} (key {key}) is gone; try again")
+        with self.stages.timed("prepared_load"):
+            return prepared.read(folder)
 
     def _setup_model(self) -> None:
         settings, task, info = self.settings, self.task, self.prepared.info
         model = task.load_model(self.model_dir, settings.model, info, settings, self.args.seed)
+        if self.model_source is not None:  # recorded in the published config.json
+            model.config.finetune_base_model = self.model_source.record()
         self.model = adapters.apply(model, settings)
-        self.train_ds = task.tokenize(self.prepared.train, self.tokenizer, settings, info)
-        self.eval_ds = task.tokenize(self.prepared.eval, self.tokenizer, settings, info) if self.prepared.eval else None
+        self.train_ds, self.eval_ds = self.prepared.train, self.prepared.eval
 
     # -- train --------------------------------------------------------------------------------
 
@@ -119,12 +198,17 @@ class TrainingJob:
                 settings.checkpoint_keep_last,
                 settings.transfer_concurrency,
                 uploader=upload_process.start(),
+                upload_timeout_s=settings.upload_timeout_seconds,
             )
+        self.report = run_report.RunReport(self.store, settings, self.generation, self.resumed_step, self.sync)
+        self.report.record_attempt()
         self.stopper = interruption.StopOnRequest(self.stop, agree)
         self.clock = callbacks.RunClock(self.started)
         tensorboard = callbacks.SyncTensorBoard(
             self.work.root / "tensorboard", config.tensorboard_uri(settings, self.runtime)
         )
+        # MLflow / wandb: later attempts reopen the run the first one recorded at the checkpoint location
+        tracked = on_main(tracking.resume_runs, self.store, self.args.report_to, self.environ)
         self.trainer = training.build_trainer(
             self.task,
             settings,
@@ -138,14 +222,19 @@ class TrainingJob:
                 callbacks.AllSaved(),
                 callbacks.SyncCheckpoints(self.sync),
                 self.stopper,
+                callbacks.SaveOncePerStep(),
                 callbacks.MetricLines(),
                 self.clock,
                 tensorboard,
+                self.report,
+                tracking.RecordRuns(self.store, self.args.report_to, tracked, self.environ),
                 *callbacks.extra_callbacks(settings),
             ],
         )
         tensorboard.attach(self.trainer)
-        self.trainer.train(resume_from_checkpoint=str(self.resumed_dir) if self.resumed_dir else None)
+        checkpoints_dir = self.work.checkpoints
+        with disk.room_for(checkpoints_dir, "training", lambda: disk.largest_checkpoint_bytes(checkpoints_dir)):
+            self.trainer.train(resume_from_checkpoint=str(self.resumed_dir) if self.resumed_dir else None)
 
     # -- finish -------------------------------------------------------------------------------
 
@@ -156,7 +245,10 @@ class TrainingJob:
         if self.stopper.stopped_at_step is not None:
             interruption.raise_interrupted(self.stop, figures)
         metrics: dict[str, Any] = self.trainer.evaluate() if self.eval_ds is not None else {}
-        saved = outputs.save_model(self.trainer, per_process(self.work.output), self.settings.merge_adapter)
+        folder = per_process(self.work.output)
+        weights = lambda: disk.largest_checkpoint_bytes(self.work.checkpoints, "*.safetensors")  # noqa: E731
+        with disk.room_for(folder, "saving the model", weights):
+            saved = outputs.save_model(self.trainer, folder, self.settings.merge_adapter)
         if not is_main():
             return metrics
         step = self.trainer.state.global_step
@@ -166,9 +258,29 @@ class TrainingJob:
             resumed_from_step=self.resumed_step,
             **figures,
             **{f"run_{k}": v for k, v in totals.items()},
+            **self.stages.metrics(),
         )
+        if self.prepared_hit is not None:
+            metrics["prepared_data_hit"] = int(self.prepared_hit)
         print(reporting.format_metrics(metrics), flush=True)
-        where = outputs.publish(saved, metrics, self.settings.output_uri, self.settings.transfer_concurrency)
+        if self.model_source is not None:
+            metrics["model_source"] = self.model_source.record()
+            sources.model_card(saved, self.model_source)
+        outputs.write_settings(saved, self.settings)  # settings.json, published with the model
+        self.report.publish(self.trainer.state, metrics, into=saved)  # published with the model, before metrics.json
+        where = outputs.publish(
+            saved,
+            metrics,
+            self.settings.output_uri,
+            self.settings.transfer_concurrency,
+            keep=(
+                config.checkpoint_uri(self.settings),
+                config.tensorboard_uri(self.settings, self.runtime),
+                config.cache_uri(self.settings, self.runtime),  # the Hub mirror and prepared data
+                self.settings.work_dir,  # should the output hold it: the model being published is there
+            ),
+            superseded=lambda: attempts.newest_generation(self.store) > self.generation,
+        )
         log.info("done: step %d, model and metrics.json at %s", step, where)
         return metrics
 
@@ -176,17 +288,37 @@ class TrainingJob:
         """The main process's end of training: its uploads finished, the preemption figures
         printed, and an interrupted attempt's ending recorded; returns the figures."""
         assert self.sync is not None  # the main process always has one
-        self.sync.wait()
-        self.sync.close()
+        waited_since = time.monotonic()
+        finished = self.sync.drain(lambda: self._upload_deadline(waited_since))
         figures = accounting.accounting(
             self.stop, self.stopper, self.sync.stats, self.clock.first_step_s, self.resumed_step, self.generation
         )
         print(reporting.format_metrics(figures), flush=True)
+        if not finished:
+            raise self._uploads_stalled(waited_since)
         if self.sync.superseded:
             raise WorldError(f"a newer attempt of this job took over {self.store.uri}; this attempt stopped")
         if self.stopper.stopped_at_step is not None:
             attempts.record_attempt_end(self.store, self.generation, "interrupted", figures)
+            self.report.publish_stopping()  # best effort: the report shows the interruption
         return figures
+
+    def _upload_deadline(self, waited_since: float) -> float:
+        """When waiting for the checkpoint uploads ends: FT_UPLOAD_TIMEOUT_SECONDS, or sooner after
+        a stop request, before the platform's kill (FT_STOP_GRACE_SECONDS)."""
+        deadline = waited_since + self.settings.upload_timeout_seconds
+        grace = config.stop_grace_seconds(self.settings, self.runtime)
+        stop = interruption.stop_deadline(self.stop, grace)
+        return deadline if stop is None else min(deadline, stop)
+
+    def _uploads_stalled(self, waited_since: float) -> WorldError:
+        assert self.sync is not None
+        if self.stop.is_set():
+            grace = config.stop_grace_seconds(self.settings, self.runtime)
+            return self.sync.unfinished(
+                f"before the platform's kill after the stop ({grace:.0f} s, FT_STOP_GRACE_SECONDS)"
+            )
+        return self.sync.unfinished(f"within {time.monotonic() - waited_since:.0f} s (FT_UPLOAD_TIMEOUT_SECONDS)")
 
     # -- cleanup ------------------------------------------------------------------------------
 

@@ -4,23 +4,45 @@ checkpoint sync, stop requests and the metric log lines."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import re
 from pathlib import Path
 
 from transformers import PrinterCallback, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
-from entrypoint.config.settings import SEQ2SEQ_ONLY, JobSettings, trainer_overrides
+from entrypoint.config.settings import JobSettings, trainer_overrides
+from entrypoint.config.trainer_fields import DEFAULTS, SEQ2SEQ_ONLY, TRAINER_FIELDS
 from entrypoint.errors import SettingsError, UserError
 from entrypoint.io import storage
 from entrypoint.job import modeling
 
 log = logging.getLogger(__name__)
 
-# Where this program's defaults differ from the Trainer's, and why.
-DEFAULTS = {
-    "save_total_limit": 2,  # local scratch only: retention at FT_CHECKPOINT_URI is FT_CHECKPOINT_KEEP_LAST
-    "disable_tqdm": True,  # progress bars flood CloudWatch; the [metrics] lines report progress
-    "logging_steps": 50,
+# FT_REPORT_TO integrations checked up front (the Trainer would fail only after the downloads), and
+# how to install each.
+REPORT_TO_PACKAGES = {
+    "tensorboard": "pip install tensorboard",
+    "mlflow": "pip install 'finetune[mlflow]'",
+    "wandb": "pip install 'finetune[wandb]'",
+}
+
+
+# The package each FT_REPORT_TO integration needs (transformers' is_*_available look for these).
+INTEGRATION_MODULES = {
+    "azure_ml": "azureml",
+    "clearml": "clearml",
+    "codecarbon": "codecarbon",
+    "comet_ml": "comet_ml",
+    "dagshub": "dagshub",
+    "dvclive": "dvclive",
+    "flyte": "flytekit",
+    "mlflow": "mlflow",
+    "neptune": "neptune",
+    "swanlab": "swanlab",
+    "tensorboard": "tensorboard",
+    "trackio": "trackio",
+    "wandb": "wandb",
 }
 
 
@@ -35,8 +57,12 @@ class Hardware:
 
         import torch
 
-        wanted = ("bitsandbytes", "deepspeed", "tensorboard")
-        return cls(cuda=torch.cuda.is_available(), packages=frozenset(p for p in wanted if importlib.util.find_spec(p)))
+        wanted = ("bitsandbytes", "deepspeed", "liger_kernel")
+        found = {p for p in wanted if importlib.util.find_spec(p)}
+        # The reporting integrations installed, under their FT_REPORT_TO names. Not through
+        # transformers' get_available_reporting_integrations: that imports wandb (~3 s).
+        found |= {name for name, module in INTEGRATION_MODULES.items() if importlib.util.find_spec(module)}
+        return cls(cuda=torch.cuda.is_available(), packages=frozenset(found))
 
 
 def hardware_problems(kwargs: dict, hw: Hardware) -> list[str]:
@@ -54,9 +80,43 @@ def hardware_problems(kwargs: dict, hw: Hardware) -> list[str]:
     if kwargs.get("deepspeed") and "deepspeed" not in hw.packages:
         problems.append("FT_DEEPSPEED needs the deepspeed package (pip install deepspeed, on a GPU image).")
     report_to = kwargs.get("report_to") or []
-    if "tensorboard" in ([report_to] if isinstance(report_to, str) else report_to) and "tensorboard" not in hw.packages:
-        problems.append("FT_REPORT_TO=tensorboard needs the tensorboard package (pip install tensorboard).")
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        if name not in ("all", "none", "kubeflow") and name not in hw.packages:  # kubeflow: a variable, no package
+            install = REPORT_TO_PACKAGES.get(name, f"pip install {name}")
+            problems.append(f"FT_REPORT_TO={name} needs the {name} package ({install}).")
+    if kwargs.get("use_liger_kernel") and "liger_kernel" not in hw.packages:
+        problems.append("FT_USE_LIGER_KERNEL=true needs the liger-kernel package (pip install liger-kernel).")
     return problems
+
+
+def missing_files(kwargs: dict) -> list[str]:
+    """Settings that name a file (FT_ACCELERATOR_CONFIG, FT_FSDP_CONFIG, FT_DEEPSPEED,
+    FT_GENERATION_CONFIG) that this machine does not have: the Trainer would read it only after the
+    downloads."""
+    problems = []
+    for name, rule in TRAINER_FIELDS.items():
+        value = kwargs.get(name)
+        if not rule.value or rule.value == "json" or not isinstance(value, str):
+            continue
+        if rule.value == "path" and not Path(value).expanduser().exists():
+            problems.append(
+                f"FT_{name.upper()}: {value} does not exist on this machine. Give a file or folder the image holds."
+            )
+        elif rule.value != "path" and not value.strip().startswith("{") and not Path(value).expanduser().is_file():
+            also = " or an s3:// URI" if rule.value == "json-path-or-s3" else ""
+            problems.append(
+                f"FT_{name.upper()}: {value} does not exist on this machine. Give the JSON itself "
+                f"(FT_{name.upper()}='{{...}}'){also}, or a file the image holds."
+            )
+    return problems
+
+
+TRAINER_FLAG = re.compile(r"--([a-z][a-z0-9_]*)")
+
+
+def in_our_words(message: str) -> str:
+    """The Trainer's message with its command-line flags (--save_steps) as our settings (FT_SAVE_STEPS)."""
+    return TRAINER_FLAG.sub(lambda m: f"FT_{m.group(1).upper()}", message)
 
 
 def arguments_for(settings: JobSettings, task, output_dir: Path) -> TrainingArguments:
@@ -78,6 +138,14 @@ def training_arguments(
 ) -> TrainingArguments:
     """(Seq2Seq)TrainingArguments from the settings; a rejected combination is the user's error."""
     overrides = trainer_overrides(settings)
+    if overrides.pop("hub_token", None) is not None:  # a secret the Trainer would pickle: see trainer_fields
+        log.warning(
+            "FT_HUB_TOKEN is not passed to the Trainer: it would only serve a push to the Hub, which finetune does "
+            "not do (Hub downloads use HF_TOKEN)"
+        )
+    for name, rule in TRAINER_FIELDS.items():  # JSON the Trainer does not parse itself (liger_kernel_config)
+        if rule.kind == "adjusted" and rule.value == "json" and isinstance(overrides.get(name), str):
+            overrides[name] = json.loads(overrides[name])
     if not seq2seq:
         wrong = sorted(set(overrides) & SEQ2SEQ_ONLY)
         if wrong:
@@ -92,15 +160,17 @@ def training_arguments(
         kwargs["restore_callback_states_from_checkpoint"] = True
     kwargs.update(overrides)
     if str(kwargs.get("deepspeed") or "").startswith("s3://"):
-        kwargs["deepspeed"] = str(storage.fetch(kwargs["deepspeed"], output_dir.parent / "deepspeed"))
-    problems = hardware_problems(kwargs, hw or Hardware.here())
+        kwargs["deepspeed"] = str(
+            storage.fetch(kwargs["deepspeed"], output_dir.parent / "deepspeed", label="FT_DEEPSPEED")
+        )
+    problems = hardware_problems(kwargs, hw or Hardware.here()) + missing_files(kwargs)
     if problems:
         raise SettingsError(problems)
     arguments_class = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
     try:
         return arguments_class(output_dir=str(output_dir), **kwargs)
     except (ValueError, TypeError, ImportError) as exc:
-        raise UserError(f"The Trainer rejected the settings: {exc}") from exc
+        raise UserError(f"The Trainer rejected the settings: {in_our_words(str(exc))}") from exc
 
 
 def build_trainer(task, settings, info: dict, args, model, tokenizer, train_ds, eval_ds, callbacks) -> Trainer:

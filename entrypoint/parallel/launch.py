@@ -78,12 +78,19 @@ def nodes(runtime: Runtime) -> Nodes:
     if runtime.platform == "sagemaker" and len(runtime.hosts) > 1:
         # Every host sorts the same list, so all agree on ranks and on the master (algo-1, ...).
         hosts = sorted(runtime.hosts)
+        if runtime.current_host is None:
+            raise ValueError(f"SageMaker names the job's hosts {hosts} but not this one (current_host)")
         return Nodes(len(hosts), hosts.index(runtime.current_host), hosts[0])
-    if runtime.platform == "batch" and (runtime.num_nodes or 1) > 1:
+    num_nodes = runtime.num_nodes or 1
+    if runtime.platform == "batch" and num_nodes > 1:
         # Rank 0 must be the main node (it hosts the rendezvous); node indexes may start anywhere.
         # The main node has no AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS: it is the master itself.
-        rank = (runtime.node_index - runtime.main_node_index) % runtime.num_nodes
-        return Nodes(runtime.num_nodes, rank, "127.0.0.1" if rank == 0 else runtime.main_node_address)
+        if runtime.node_index is None or runtime.main_node_index is None:
+            raise ValueError(
+                "AWS Batch multi-node job without AWS_BATCH_JOB_NODE_INDEX or AWS_BATCH_JOB_MAIN_NODE_INDEX"
+            )
+        rank = (runtime.node_index - runtime.main_node_index) % num_nodes
+        return Nodes(num_nodes, rank, "127.0.0.1" if rank == 0 else runtime.main_node_address)
     return Nodes(1, 0, None)
 
 
@@ -106,15 +113,25 @@ def launch_plan(
     return LaunchPlan(per_node, where.count, where.rank, where.master_addr, port, cpu)
 
 
-def exit_code(failures: Mapping[int, tuple[float, int]]) -> int:
+INTERRUPTED_CODES = (int(ExitCode.INTERRUPTED), int(ExitCode.INTERRUPTED_SIGINT))
+
+
+def exit_code(failures: Mapping[int, tuple[float, int]], stop_received: bool = True) -> int:
     """The job's exit code from its failed processes, {global rank: (time, exit code)}: the first
     failure (rank order on a tie) is the cause, the others usually followed from it. A process
-    killed by signal N counts as 128 + N, as a shell reports it."""
+    killed by signal N counts as 128 + N, as a shell reports it.
+
+    When the launcher itself received no stop request (`stop_received` False), a process that
+    ended as interrupted (143/130) was stopped by torchrun, which SIGTERMs the others once one
+    fails: a consequence, never the cause, whatever the times say (torchrun's are whole seconds,
+    so they tie, and a process stopped after the failure may be reported at the same time)."""
     if not failures:
         return 0
-    rank = min(failures, key=lambda r: (failures[r][0], r))
-    code = failures[rank][1]
-    return 128 - code if code < 0 else code
+    codes = {rank: (at, 128 - code if code < 0 else code) for rank, (at, code) in failures.items()}
+    causes = codes if stop_received else {r: v for r, v in codes.items() if v[1] not in INTERRUPTED_CODES}
+    causes = causes or codes  # only interrupted processes: a stop the launcher did not see (e.g. a spot notice)
+    rank = min(causes, key=lambda r: (causes[r][0], r))
+    return causes[rank][1]
 
 
 def visible_gpus() -> int:
@@ -144,7 +161,8 @@ def launch(plan: LaunchPlan) -> None:
     try:
         run(parse_args(options))
     except ChildFailedError as exc:
-        code = exit_code({rank: (f.timestamp, f.exitcode) for rank, f in exc.failures.items()})
+        failures = {rank: (f.timestamp, f.exitcode) for rank, f in exc.failures.items()}
+        code = exit_code(failures, stop_received=stop.is_set())
     finally:
         finished.set()
     if code in (ExitCode.INTERRUPTED, ExitCode.INTERRUPTED_SIGINT):

@@ -4,15 +4,30 @@ Settings travel as container environment overrides on top of the job definition,
 Terraform module registers with the project's retry rules (errors.RETRY_RULES). A job's image
 cannot be overridden at submit time, so `--image` registers a new revision of the definition
 that differs only in its image (derive_job_definition) and submits against that.
+
+A job may use at most MAX_ATTEMPTS attempts and every spot interruption uses one, so a long job on
+a busy spot market can run out of them while making progress. With `--wait --resubmit N` the job
+is followed and, when it ran out of attempts while being interrupted (`resubmission`, a pure
+decision), submitted again as `<name>-rN` with the same settings: it resumes from the newest
+durable checkpoint at the same location.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 
-from entrypoint.errors import ExitCode, FinetuneError, UserError, WorldError, retry_rules_json
+from entrypoint.errors import (
+    EXIT_CODES,
+    RETRY_RULES,
+    ExitCode,
+    FinetuneError,
+    UserError,
+    WorldError,
+    retry_rules_json,
+)
 
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
@@ -25,6 +40,15 @@ MAX_ATTEMPTS = 10
 # What DescribeJobDefinitions reports but RegisterJobDefinition does not take.
 # https://docs.aws.amazon.com/batch/latest/APIReference/API_JobDefinition.html
 READ_ONLY_DEFINITION_FIELDS = frozenset({"jobDefinitionArn", "revision", "status", "containerOrchestrationType"})
+# A job that ran out of attempts this way is resubmitted (--resubmit): its last attempt exited with a
+# code the exit-code table retries (the job resumes from its newest durable checkpoint), or it
+# ended with a status reason the retry rules retry whatever the exit code: a spot reclaim, "Host
+# EC2 (instance i-...) terminated.", which has none. A user error or a bug never is.
+RESUBMIT_EXIT_CODES = frozenset(doc.code for doc in EXIT_CODES if doc.retried)
+RESUBMIT_STATUS_REASONS = tuple(
+    rule.on_status_reason for rule in RETRY_RULES if rule.action == "RETRY" and rule.on_status_reason
+)
+NEVER_RESUBMITTED = USER_EXIT_CODES | {int(ExitCode.UNEXPECTED)}
 
 
 def evaluate_on_exit() -> list[dict[str, str]]:
@@ -177,6 +201,104 @@ def failure_error(job: Mapping) -> FinetuneError:
     return WorldError(message)
 
 
+@dataclasses.dataclass(frozen=True)
+class Resubmission:
+    """Whether to resubmit a finished job, and why (or why not) in words for the log. `eligible`:
+    it ended the way a resubmission resumes from, whatever the limit."""
+
+    resubmit: bool
+    eligible: bool
+    reason: str
+
+
+def _reason_matches(pattern: str, reason: str) -> bool:
+    # Batch's onStatusReason patterns match exactly, or as a prefix when they end in "*".
+    return reason.startswith(pattern[:-1]) if pattern.endswith("*") else reason == pattern
+
+
+def _exit_code_words(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    name = next((doc.name for doc in EXIT_CODES if doc.code == code), None)
+    return f"exit code {code}" + (f", {name}" if name else "")
+
+
+def resubmission(job: Mapping, resubmitted: int, limit: int) -> Resubmission:
+    """Whether `--resubmit limit` resubmits `job` (a DescribeJobs entry), `resubmitted` times so far:
+    only a FAILED job that used all its attempts (retryStrategy.attempts, 1 without one) and whose
+    last attempt was interrupted (an exit code in RESUBMIT_EXIT_CODES) or reclaimed with its host
+    (a status reason in RESUBMIT_STATUS_REASONS, usually no exit code), never one that exited with
+    a code in NEVER_RESUBMITTED (64, 2, 1). Fewer attempts than allowed means
+    Batch stopped retrying on purpose: TerminateJob, or the attempt timeout, which it never retries."""
+    label = f"Batch job {job.get('jobName')} ({job.get('jobId')})"
+    attempts = job.get("attempts") or []
+    if job.get("status") != "FAILED":
+        return Resubmission(False, False, f"{label} ended {job.get('status')}")
+    if not attempts:
+        reason = job.get("statusReason") or "no reason given"
+        return Resubmission(False, False, f"{label} FAILED before any attempt ran ({reason}); nothing to resume")
+    last = attempts[-1]
+    code = last.get("container", {}).get("exitCode")
+    reason = last.get("statusReason") or job.get("statusReason") or "no reason given"
+    allowed = (job.get("retryStrategy") or {}).get("attempts") or 1
+    used = f"{len(attempts)} of its {allowed} attempt(s)"
+    if code in NEVER_RESUBMITTED:
+        return Resubmission(False, False, f"{label} FAILED with {_exit_code_words(code)}: rerunning cannot fix it")
+    if code in RESUBMIT_EXIT_CODES:
+        how = f"was interrupted ({_exit_code_words(code)})"
+    elif any(_reason_matches(pattern, reason) for pattern in RESUBMIT_STATUS_REASONS):
+        how = f"lost its host, a spot reclaim ({_exit_code_words(code)})"
+    else:
+        return Resubmission(
+            False, False, f"{label} FAILED after {used} with {_exit_code_words(code)}, which is not retried: {reason}"
+        )
+    if len(attempts) < allowed:
+        return Resubmission(
+            False,
+            False,
+            f"{label} FAILED after {used}, so Batch stopped it on purpose rather than running out of attempts "
+            f"(TerminateJob, or the attempt timeout, which Batch never retries): {reason}",
+        )
+    ended = f"{label} used all {used}; the last {how}: {reason}"
+    if resubmitted >= limit:
+        more = "--resubmit N would submit it again" if limit == 0 else f"--resubmit {limit} is used up"
+        return Resubmission(False, True, f"{ended}. {more} (to resume from its newest durable checkpoint)")
+    return Resubmission(
+        True,
+        True,
+        f"{ended}. Resubmitting it ({resubmitted + 1} of {limit}) with the same settings, to resume from its "
+        "newest durable checkpoint",
+    )
+
+
+def resubmission_name(job_name: str, count: int) -> str:
+    """The name of the `count`th resubmission of the job first submitted as `job_name`."""
+    return f"{job_name}-r{count}"
+
+
+def resubmit_problems(*, job_name: str, resubmit: int, wait: bool, array_size: int | None) -> list[str]:
+    """What is wrong with `--resubmit` given the other flags."""
+    if resubmit == 0:
+        return []
+    if resubmit < 0:
+        return [f"--resubmit must be 0 (the default: never) or more; got {resubmit}"]
+    problems = []
+    if not wait:
+        problems.append("--resubmit needs --wait: it follows the job to see how it ended")
+    if array_size is not None:
+        problems.append(
+            "--resubmit works with single jobs, not --array-size: an array's children share one job name and queue "
+            "slot; submit each long child as its own job to resubmit it"
+        )
+    longest = resubmission_name(job_name, resubmit)
+    if JOB_NAME_RE.match(job_name) and not JOB_NAME_RE.match(longest):
+        problems.append(
+            f"--job-name {job_name!r} is too long for --resubmit {resubmit}: the resubmissions are named "
+            f"{longest!r} and Batch job names are at most 128 characters"
+        )
+    return problems
+
+
 def follow(
     describe: Callable[[str], Mapping],
     job_id: str,
@@ -199,6 +321,36 @@ def follow(
         if status in TERMINAL_STATUSES:
             return job
         sleep(poll_seconds)
+
+
+def follow_and_resubmit(
+    request: Mapping,
+    job_id: str,
+    *,
+    describe: Callable[[str], Mapping],
+    submit: Callable[[Mapping], str],
+    limit: int,
+    announce: Callable[[str], None],
+    sleep: Callable[[float], None],
+    log: Callable[[str], None],
+    poll_seconds: float,
+) -> Mapping:
+    """Follow `job_id` (submitted with `request`) to its end and, while `resubmission` says so,
+    `submit` the same request as `<jobName>-rN`, `announce` its id and follow that one. Returns
+    the last job's description."""
+    resubmitted = 0
+    while True:
+        job = follow(describe, job_id, sleep=sleep, log=log, poll_seconds=poll_seconds)
+        decision = resubmission(job, resubmitted, limit)
+        if not decision.resubmit:
+            if job["status"] == "FAILED" and (limit or decision.eligible):
+                log(f"not resubmitted: {decision.reason}")
+            return job
+        resubmitted += 1
+        again = {**request, "jobName": resubmission_name(request["jobName"], resubmitted)}
+        job_id = submit(again)
+        announce(job_id)
+        log(f"{decision.reason}: submitted {again['jobName']} ({job_id})")
 
 
 def describe_job(client, job_id: str) -> Mapping:

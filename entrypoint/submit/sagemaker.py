@@ -1,7 +1,9 @@
-"""`finetune submit sagemaker`: the CreateTrainingJob request (pure) and the call.
+"""`finetune submit sagemaker`: the CreateTrainingJob request (pure), the call, and following the job.
 
 Managed spot is on by default: SageMaker restarts an interrupted job on a new instance and
 syncs /opt/ml/checkpoints from CheckpointConfig.S3Uri, where the container resumes from.
+MaxWait (StoppingCondition.MaxWaitTimeInSeconds) caps the waiting for spot capacity plus the
+training of all those restarts together; `--wait` says when it, or MaxRuntime, ended the job.
 https://docs.aws.amazon.com/sagemaker/latest/dg/model-managed-spot-training.html
 """
 
@@ -9,10 +11,11 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from entrypoint.errors import UserError
+from entrypoint.errors import FinetuneError, UserError, WorldError
 from entrypoint.reporting import STANDARD_METRICS, metric_definitions
+from entrypoint.submit.batch import USER_EXIT_CODES
 
 # https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_CreateTrainingJob.html
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -24,6 +27,13 @@ CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 MAX_RUNTIME_LIMIT_SECONDS = 28 * 24 * 3600  # SageMaker's ceiling for MaxRuntime and MaxWait
 MAX_HYPERPARAMETERS = 100
 MAX_ENVIRONMENT = 100
+# https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_DescribeTrainingJob.html
+TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Stopped"})
+# SecondaryStatus of a job SageMaker stopped at one of its StoppingCondition limits.
+MAX_WAIT_EXCEEDED = "MaxWaitTimeExceeded"
+MAX_RUNTIME_EXCEEDED = "MaxRuntimeExceeded"
+# A custom container's non-zero exit shows in FailureReason, e.g. "AlgorithmError: ..., exit code: 64".
+EXIT_CODE_RE = re.compile(r"exit code:?\s*(\d+)", re.IGNORECASE)
 
 
 def default_job_name(now: datetime.datetime) -> str:
@@ -167,3 +177,84 @@ def submit(client, request: Mapping) -> str:
     """Create the training job; returns its name."""
     client.create_training_job(**request)
     return request["TrainingJobName"]
+
+
+def describe_training_job(client, name: str) -> Mapping:
+    return client.describe_training_job(TrainingJobName=name)
+
+
+def follow(
+    describe: Callable[[str], Mapping],
+    name: str,
+    *,
+    sleep: Callable[[float], None],
+    log: Callable[[str], None],
+    poll_seconds: float,
+) -> Mapping:
+    """Poll `describe(name)` until the training job is Completed, Failed or Stopped, logging each
+    change of status or secondary status; returns the last description."""
+    last = None
+    while True:
+        job = describe(name)
+        state = (job["TrainingJobStatus"], job.get("SecondaryStatus"))
+        if state != last:
+            log(f"{name}: {state[0]}" + (f" ({state[1]})" if state[1] and state[1] != state[0] else ""))
+            last = state
+        if state[0] in TERMINAL_STATUSES:
+            return job
+        sleep(poll_seconds)
+
+
+def _limit_reached(job: Mapping) -> str | None:
+    """MAX_WAIT_EXCEEDED or MAX_RUNTIME_EXCEEDED when SageMaker stopped `job` at that limit."""
+    reason = job.get("FailureReason") or ""
+    for limit in (MAX_WAIT_EXCEEDED, MAX_RUNTIME_EXCEEDED):
+        if job.get("SecondaryStatus") == limit or limit in reason:
+            return limit
+    return None
+
+
+def outcome_error(job: Mapping) -> FinetuneError | None:
+    """None for a Completed training job (a DescribeTrainingJob response); else the error its end
+    maps to, saying which limit ended it and how to raise it when MaxWait or MaxRuntime did:
+    UserError when the container exited 64 or 2, WorldError otherwise."""
+    if job["TrainingJobStatus"] == "Completed":
+        return None
+    name = job["TrainingJobName"]
+    stopping = job.get("StoppingCondition") or {}
+    runtime, wait = stopping.get("MaxRuntimeInSeconds"), stopping.get("MaxWaitTimeInSeconds")
+    checkpoints = (job.get("CheckpointConfig") or {}).get("S3Uri")
+    times = f"training {job.get('TrainingTimeInSeconds', '?')} s, billable {job.get('BillableTimeInSeconds', '?')} s"
+    resume = (
+        f"Its checkpoints are at {checkpoints}: submit again with --checkpoint-s3-uri {checkpoints} and it resumes "
+        "from the newest durable one"
+        if checkpoints
+        else "It had no checkpoint location, so a new job starts over"
+    )
+    limit = _limit_reached(job)
+    if limit == MAX_WAIT_EXCEEDED:
+        if wait is not None and wait < MAX_RUNTIME_LIMIT_SECONDS:
+            raise_it = (
+                f"raise --max-wait-seconds (e.g. {min(2 * wait, MAX_RUNTIME_LIMIT_SECONDS)}; at most "
+                f"{MAX_RUNTIME_LIMIT_SECONDS}) or run on demand with --no-spot"
+            )
+        else:
+            raise_it = f"it is at SageMaker's ceiling ({MAX_RUNTIME_LIMIT_SECONDS} s): run on demand with --no-spot"
+        return WorldError(
+            f"SageMaker training job {name} was stopped at MaxWait: MaxWaitTimeInSeconds ({wait} s), the waiting "
+            f"for spot capacity plus the training of every restart together, was the binding limit, not "
+            f"MaxRuntimeInSeconds ({runtime} s); {times}. To give it more time, {raise_it}. {resume}."
+        )
+    if limit == MAX_RUNTIME_EXCEEDED:
+        return WorldError(
+            f"SageMaker training job {name} was stopped at MaxRuntime: MaxRuntimeInSeconds ({runtime} s) was the "
+            f"binding limit; {times}. To give it more time, raise --max-runtime-seconds (at most "
+            f"{MAX_RUNTIME_LIMIT_SECONDS}; with spot, --max-wait-seconds at least as much). {resume}."
+        )
+    reason = job.get("FailureReason") or "no reason given"
+    logs = f"logs: CloudWatch log group /aws/sagemaker/TrainingJobs, streams {name}/algo-*"
+    message = f"SageMaker training job {name} {job['TrainingJobStatus']}: {reason}; {logs}"
+    found = EXIT_CODE_RE.search(reason)
+    if found and int(found.group(1)) in USER_EXIT_CODES:
+        return UserError(message + ". Exit code 64 is a settings or data mistake: fix it and resubmit.")
+    return WorldError(f"{message}. {resume}.")

@@ -60,7 +60,8 @@ def ensure_pad_token(tokenizer) -> None:
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(
-                "FT_MODEL: the tokenizer has neither a pad nor an EOS token. Set one (tokenizer.eos_token) and save it with the model."
+                "FT_MODEL: the tokenizer has neither a pad nor an EOS token. "
+                "Set one (tokenizer.eos_token) and save it with the model."
             )
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -101,7 +102,7 @@ def encode_instruction(prompts: list, responses: list, tokenizer, length: int) -
     the data."""
     eos = tokenizer.eos_token_id
     out = {"input_ids": [], "labels": []}
-    for prompt, response in zip(prompts, responses):
+    for prompt, response in zip(prompts, responses, strict=True):
         p = tokenizer(str(prompt) if prompt is not None else "")["input_ids"]
         r = with_eos(
             tokenizer(str(response) if response is not None else "", add_special_tokens=False)["input_ids"], eos
@@ -158,7 +159,8 @@ def encode_chat(chats: list, tokenizer, length: int) -> dict[str, list[list[int]
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         labels = [
-            t if any(a <= start < b for a, b in spans) else IGNORE for t, (start, _) in zip(ids, enc["offset_mapping"])
+            t if any(a <= start < b for a, b in spans) else IGNORE
+            for t, (start, _) in zip(ids, enc["offset_mapping"], strict=True)
         ]
         out["input_ids"].append(ids[:length])
         out["labels"].append(labels[:length])
@@ -192,7 +194,9 @@ def tokenize(ds, tokenizer, settings, info):
             return encode_text(batch[cols[0]], tokenizer, length, packing)
         return pack(encoded["input_ids"], encoded["labels"], length) if packing else encoded
 
-    out = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
+    # Packed blocks follow the batch boundaries, which several processes' shards would move.
+    parallel = {} if packing else preprocess.map_options(ds, settings)
+    out = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize", **parallel)
     kept = out.filter(lambda ex: any(t != IGNORE for t in ex["labels"][1:]), desc="drop examples without targets")
     if len(kept) < len(out):
         log.warning(

@@ -23,12 +23,19 @@ def columns(settings) -> dict[str, str | None]:
 
 def label_mapping(train_labels: list, eval_labels: list, label_column: str) -> dict[int, str]:
     """id2label for the labels found: integer labels keep their values, strings are sorted."""
-    missing = sum(1 for v in train_labels if v is None)
+    missing = sum(
+        1 for v in train_labels if v is None or v != v or (isinstance(v, str) and not v.strip())
+    )  # v != v: NaN
     if missing:
         raise UserError(
             f"FT_TRAIN_DATA: {missing} row(s) have no value in label column {label_column!r}. Fill or drop them."
         )
     values = set(train_labels)
+    if len(values) < 2:
+        raise UserError(
+            f"FT_TRAIN_DATA: every row has the same label ({next(iter(values), None)!r} in column {label_column!r}); "
+            "a classifier needs at least two labels. Check FT_LABEL_COLUMN, or add rows of the other labels."
+        )
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
             raise UserError(
@@ -116,7 +123,13 @@ def tokenize(ds, tokenizer, settings, info):
         second = [str(t) if t is not None else "" for t in batch[pair]] if pair else None
         return tokenizer(first, second, truncation=True, max_length=length)
 
-    return ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c != "labels"], desc="tokenize")
+    return ds.map(
+        encode,
+        batched=True,
+        remove_columns=[c for c in ds.column_names if c != "labels"],
+        desc="tokenize",
+        **preprocess.map_options(ds, settings),
+    )
 
 
 def collator(tokenizer, model, settings):

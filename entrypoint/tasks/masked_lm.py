@@ -57,7 +57,9 @@ def tokenize(ds, tokenizer, settings, info):
             [str(t) for t in batch[text]], truncation=True, max_length=length, return_special_tokens_mask=True
         )
 
-    return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
+    return ds.map(
+        encode, batched=True, remove_columns=ds.column_names, desc="tokenize", **preprocess.map_options(ds, settings)
+    )
 
 
 @dataclasses.dataclass

@@ -91,7 +91,9 @@ def tokenize(ds, tokenizer, settings, info):
         targets = [str(t) if t is not None else "" for t in batch[target]]
         return tokenizer(sources, text_target=targets, truncation=True, max_length=length)
 
-    return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
+    return ds.map(
+        encode, batched=True, remove_columns=ds.column_names, desc="tokenize", **preprocess.map_options(ds, settings)
+    )
 
 
 @dataclasses.dataclass

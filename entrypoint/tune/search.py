@@ -140,10 +140,10 @@ def run(environ: Mapping[str, str], runtime, settings, started: float) -> dict:
         )
         if remaining:
             interruption.check_stop(job.stop, "before the search")
-            job.setup_data()
             job.setup_model_files()
+            job.setup_data_sources()
             trials = Trials(
-                environ, runtime, settings, task, search, job.prepared, job.model_dir, job.tokenizer, job.stop
+                environ, runtime, settings, task, search, job.prepare_data, job.model_dir, job.tokenizer, job.stop
             )
             for _ in range(remaining):
                 if job.stop.is_set():
@@ -217,17 +217,12 @@ class Trials:
     """Runs one trial: the job's settings with the trial's values, the seeded base model, the
     task's Trainer, then an evaluation."""
 
-    def __init__(self, environ, runtime, settings, task, search: Plan, prepared, model_dir, tokenizer, stop):
+    def __init__(self, environ, runtime, settings, task, search: Plan, prepare, model_dir, tokenizer, stop):
         self.environ, self.runtime, self.settings, self.task, self.search = environ, runtime, settings, task, search
-        self.prepared, self.model_dir, self.tokenizer, self.stop = prepared, model_dir, tokenizer, stop
+        # settings -> the tokenized data and the task's info, from the prepared data at FT_CACHE_URI
+        self.prepare, self.model_dir, self.tokenizer, self.stop = prepare, model_dir, tokenizer, stop
         self.per_trial_data = bool(RETOKENIZE & {p.name for p in search.space})
-        self.data = None if self.per_trial_data else self.tokenize(settings)
-
-    def tokenize(self, settings):
-        prepared, task = self.prepared, self.task
-        train_ds = task.tokenize(prepared.train, self.tokenizer, settings, prepared.info)
-        eval_ds = task.tokenize(prepared.eval, self.tokenizer, settings, prepared.info)
-        return train_ds, eval_ds
+        self.data = None if self.per_trial_data else prepare(settings)
 
     def run(self, trial) -> Outcome:
         from entrypoint.config import settings as config
@@ -238,12 +233,12 @@ class Trials:
         params = {p.name: p.suggest(trial) for p in self.search.space}
         log.info("trial %d: %s", trial.number, json.dumps(params))
         keep = bool(config.trainer_overrides(self.settings).get("load_best_model_at_end"))
-        settings = config.load_settings(trial_environ(self.environ, params, keep), self.runtime)
+        settings = config.load_settings(trial_environ(self.environ, params, keep), self.runtime, storage.read_file)
         work = workspace.prepare(settings.work_dir)  # fresh scratch folders for each trial
-        task, info = self.task, self.prepared.info
+        data = self.prepare(settings) if self.per_trial_data else self.data
+        task, info, train_ds, eval_ds = self.task, data.info, data.train, data.eval
         args = training.arguments_for(settings, task, work.checkpoints)
         model = adapters.apply(task.load_model(self.model_dir, settings.model, info, settings, args.seed), settings)
-        train_ds, eval_ds = self.tokenize(settings) if self.per_trial_data else self.data
         stopper = interruption.StopOnRequest(self.stop)
         pruner = PruneOnEvaluation(trial, self.search.metric)
         callbacks = [

@@ -101,10 +101,12 @@ def parse_space(space: Mapping[str, Any]) -> tuple[list[Param], list[str]]:
     """The searched settings, and every problem with them (names, forms, bounds, types)."""
     from entrypoint.config.settings import check_setting_names, settings_class
 
-    params, problems = [], []
+    params: list[Param] = []
+    problems: list[str] = []
     if not space:
         problems.append(
-            f"FT_TUNE_SEARCH_SPACE names no setting: give at least one, e.g. {json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}."
+            "FT_TUNE_SEARCH_SPACE names no setting: give at least one, e.g. "
+            f"{json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}."
         )
     for name, spec in space.items():
         wrong_name = check_setting_names([name])
@@ -113,7 +115,10 @@ def parse_space(space: Mapping[str, Any]) -> tuple[list[Param], list[str]]:
             if wrong_name
             else parse_param(name, spec, settings_class().model_fields[name])
         )
-        (problems if isinstance(found, str) else params).append(found)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            params.append(found)
     return params, problems
 
 
@@ -136,7 +141,10 @@ def parse_param(name: str, spec: Any, field) -> Param | str:
 
     where = f"FT_TUNE_SEARCH_SPACE: {name}"
     if name in JobSettings.model_fields and name not in TUNABLE_JOB_SETTINGS:
-        return f"{where} cannot be searched: only TrainingArguments fields and {', '.join(sorted(TUNABLE_JOB_SETTINGS))} can."
+        return (
+            f"{where} cannot be searched: "
+            f"only TrainingArguments fields and {', '.join(sorted(TUNABLE_JOB_SETTINGS))} can."
+        )
     if not isinstance(spec, dict) or set(spec) not in ({"choices"}, {"low", "high"}, {"low", "high", "log"}):
         return f"{where} must be {SPEC_FORM}; got {json.dumps(spec)}."
     adapter = pydantic.TypeAdapter(typing.Annotated[field.annotation, field])
@@ -179,15 +187,17 @@ def plan(settings, task_metric: str) -> Plan:
     direction = settings.tune_direction or default_direction(metric)
     if direction is None:
         problems.append(
-            f"FT_TUNE_DIRECTION: cannot tell whether {metric} should go up or down; set FT_TUNE_DIRECTION=maximize or minimize."
+            f"FT_TUNE_DIRECTION: cannot tell whether {metric} should go up or down; "
+            "set FT_TUNE_DIRECTION=maximize or minimize."
         )
     fixed = set(trainer_overrides(settings)) | (settings.model_fields_set & TUNABLE_JOB_SETTINGS)
-    params = []
+    params: list[Param] = []
     if settings.tune_search_space is None:
         params, space_problems = parse_space(default_space(fixed))
         if not params:
             space_problems = [
-                f"Every setting of the default search ({', '.join(DEFAULT_SPACE)}) is fixed by a FT_* variable: set FT_TUNE_SEARCH_SPACE."
+                f"Every setting of the default search ({', '.join(DEFAULT_SPACE)}) is fixed by a FT_* variable: "
+                "set FT_TUNE_SEARCH_SPACE."
             ]
         problems += space_problems
     else:
@@ -195,7 +205,8 @@ def plan(settings, task_metric: str) -> Plan:
             space = json.loads(settings.tune_search_space)
         except json.JSONDecodeError as exc:
             problems.append(
-                f"FT_TUNE_SEARCH_SPACE is not valid JSON ({exc}); expected e.g. {json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}."
+                f"FT_TUNE_SEARCH_SPACE is not valid JSON ({exc}); expected e.g. "
+                f"{json.dumps({'learning_rate': DEFAULT_SPACE['learning_rate']})}."
             )
         else:
             if isinstance(space, dict):
@@ -205,6 +216,7 @@ def plan(settings, task_metric: str) -> Plan:
                 problems.append(f"FT_TUNE_SEARCH_SPACE must be a JSON object of setting name -> {SPEC_FORM}.")
     if problems:
         raise SettingsError(problems)
+    assert direction is not None  # else a problem was reported above
     overridden = sorted(fixed & {p.name for p in params})
     if overridden:
         log.warning("the search replaces %s in every trial", ", ".join(f"FT_{n.upper()}" for n in overridden))
@@ -239,7 +251,8 @@ def resume_problem(stored: dict | None, current: dict) -> str | None:
     if stored is None or stored == current:
         return None
     return (
-        f"FT_CHECKPOINT_URI (default: checkpoints/ under FT_OUTPUT_URI) already holds a search of {stored.get('metric')} ({stored.get('direction')}) over "
+        "FT_CHECKPOINT_URI (default: checkpoints/ under FT_OUTPUT_URI) already holds a search of "
+        f"{stored.get('metric')} ({stored.get('direction')}) over "
         f"{json.dumps(stored.get('space'))}; these settings ask for {current['metric']} ({current['direction']}) over "
         f"{json.dumps(current['space'])}. Use another FT_OUTPUT_URI, or the earlier FT_TUNE_* settings to resume."
     )

@@ -227,7 +227,8 @@ def test_smoke_job_runs_on_main_with_the_pushed_image(spec, checkouts, tmp_path)
     repo = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune"
     head = git(checkouts["full"], "rev-parse", "HEAD")
     calls = publish(spec, tmp_path / "main", checkouts["full"], ecr_tags=[], smoke_queue="smoke")
-    [smoke] = [c for c in calls if c.startswith("finetune ")]
+    check, smoke = [c for c in calls if c.startswith("finetune ")]
+    assert check == "finetune check"  # before paying for the smoke job's instance
     assert f"--image {repo}:{head}" in smoke and "--job-definition finetune-smoke" in smoke
     assert calls.index(smoke) > calls.index(pushes(calls)[0])
     branch = publish(spec, tmp_path / "branch", checkouts["full"], ecr_tags=[], smoke_queue="smoke", branch="feature")

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-pytestmark = [pytest.mark.container, pytest.mark.slow]
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)]  # builds the image first
 
 # One torch thread: with two cores and other work on the machine, more threads are slower.
 RUN_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -3,7 +3,6 @@ tiny Llama, with a real SIGTERM and resume."""
 
 import json
 import re
-import signal
 
 import boto3
 import pytest
@@ -48,7 +47,7 @@ def job_settings(inputs, bucket, run, tmp_path, kind, **extra):
 
 
 def test_packed_text_sigterm_and_resume_is_bitwise_identical_with_perplexity(aws_env, bucket, inputs, tmp_path):
-    common = {"packing": "true", "max_length": "32", "num_train_epochs": "2", "save_steps": "10"}
+    common = {"packing": "true", "max_length": "32", "num_train_epochs": "2", **jobs.STOPPABLE}
     rc, out = jobs.run(
         jobs.child_env(aws_env, **job_settings(inputs, bucket, "straight", tmp_path, "text", **common)), tmp_path
     )
@@ -59,11 +58,12 @@ def test_packed_text_sigterm_and_resume_is_bitwise_identical_with_perplexity(aws
 
     env = jobs.child_env(aws_env, **job_settings(inputs, bucket, "interrupted", tmp_path, "text", **common))
     job = jobs.Job(env, tmp_path)
-    job.wait_for("[metrics] step=15 ")
-    job.signal(signal.SIGTERM)
+    allowed = job.signal_between_steps("[metrics] step=15 ")
     assert job.finish() == 143, job.output()[-3000:]
-    stopped = int(job.wait_for("saving a checkpoint at step").rsplit("step ", 1)[1].split(",")[0])
+    stopped = job.stop_step()
+    assert stopped in allowed, f"the stop landed at step {stopped}, not at the next step boundary {sorted(allowed)}"
     assert 15 <= stopped < total
+    assert jobs.complete_steps(env) == [stopped]  # no save scheduled before the end: the stop's own
 
     rc, out = jobs.run(env, tmp_path)
     assert rc == 0, out[-3000:]

@@ -2,7 +2,6 @@
 tiny Llama with instruction data; SIGTERM and resume of a PeftModel; adapter and merged outputs."""
 
 import json
-import signal
 
 import boto3
 import pytest
@@ -63,7 +62,8 @@ def test_lora_sigterm_resume_is_bitwise_identical_and_merged_output_loads_withou
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rc, out = jobs.run(jobs.child_env(aws_env, **job_settings(inputs, bucket, "straight", tmp_path)), tmp_path)
+    straight = job_settings(inputs, bucket, "straight", tmp_path, **jobs.STOPPABLE)
+    rc, out = jobs.run(jobs.child_env(aws_env, **straight), tmp_path)
     assert rc == 0, out[-3000:]
     assert "LoRA r=4 alpha=8 dropout=0.05 on q_proj,v_proj" in out
     keys = jobs.s3_keys(bucket, "runs/straight/")
@@ -75,12 +75,15 @@ def test_lora_sigterm_resume_is_bitwise_identical_and_merged_output_loads_withou
     total = json.loads(jobs.s3_bytes(bucket, "runs/straight/metrics.json"))["global_step"]
     assert 75 <= total <= 80  # 320 rows at batch 4; a review longer than 128 tokens has no response left and is dropped
 
-    env = jobs.child_env(aws_env, **job_settings(inputs, bucket, "interrupted", tmp_path, merge_adapter="true"))
+    env = jobs.child_env(
+        aws_env, **job_settings(inputs, bucket, "interrupted", tmp_path, merge_adapter="true", **jobs.STOPPABLE)
+    )
     job = jobs.Job(env, tmp_path)
-    job.wait_for("[metrics] step=25 ")
-    job.signal(signal.SIGTERM)
+    allowed = job.signal_between_steps("[metrics] step=25 ")
     assert job.finish() == 143, job.output()[-3000:]
-    stopped = int(job.wait_for("saving a checkpoint at step").rsplit("step ", 1)[1].split(",")[0])
+    stopped = job.stop_step()
+    assert stopped in allowed, f"the stop landed at step {stopped}, not at the next step boundary {sorted(allowed)}"
+    assert jobs.complete_steps(env) == [stopped]  # no save scheduled before the end: the stop's own
     checkpoint = f"runs/interrupted/checkpoints/checkpoint-{stopped:09d}-g0001/"
     saved = jobs.s3_keys(bucket, checkpoint)
     assert f"{checkpoint}adapter_model.safetensors" in saved and f"{checkpoint}model.safetensors" not in saved

@@ -17,7 +17,9 @@ MLM = {"task": "masked-lm", "num_train_epochs": "2", "per_device_train_batch_siz
 
 
 def test_masked_lm_reports_perplexity_and_resumes_bitwise_identically(aws_env, bucket, job_inputs, tmp_path):
-    rc, out = jobs.run(jobs.child_env(aws_env, **settings(job_inputs, bucket, "straight", tmp_path, **MLM)), tmp_path)
+    rc, out = jobs.run(
+        jobs.child_env(aws_env, **settings(job_inputs, bucket, "straight", tmp_path, **MLM, **jobs.STOPPABLE)), tmp_path
+    )
     assert rc == 0, out[-3000:]
     metrics = json.loads(jobs.s3_bytes(bucket, "runs/straight/metrics.json"))
     assert metrics["global_step"] == 80
@@ -25,7 +27,7 @@ def test_masked_lm_reports_perplexity_and_resumes_bitwise_identically(aws_env, b
     assert 1 < metrics["eval_perplexity"] < 600  # below the vocabulary size: it learned something
     assert f"eval_perplexity={metrics['eval_perplexity']:.6g}" in out  # the [metrics] line SageMaker reads
 
-    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "interrupted", tmp_path, **MLM))
+    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "interrupted", tmp_path, **MLM, **jobs.STOPPABLE))
     stopped, out = jobs.stop_and_resume(env, tmp_path)
     assert 30 <= stopped < 80
     resumed = json.loads(jobs.s3_bytes(bucket, "runs/interrupted/metrics.json"))

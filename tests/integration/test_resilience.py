@@ -7,6 +7,7 @@ import shutil
 import signal
 import time
 
+import boto3
 import pytest
 
 from entrypoint.durability import checkpoints as ck
@@ -107,6 +108,7 @@ def test_kill_9_campaign_short(aws_env, bucket, job_inputs, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 25 restarts of a 40-epoch job
 def test_kill_9_campaign_long(aws_env, bucket, job_inputs, tmp_path):
     kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=25, seed=20261129, epochs="40")
 
@@ -160,19 +162,74 @@ def test_a_failed_final_model_upload_fails_the_job(aws_env, bucket, job_inputs, 
 
 
 def test_a_stale_attempt_cannot_corrupt_the_newer_one(aws_env, bucket, job_inputs, tmp_path):
+    """Attempt 1 is stopped (SIGTERM) at step ~100 with a checkpoint. Attempt 2, the stale one, trains
+    with another seed, so that anything it writes differs from what this job writes; it is frozen
+    (SIGSTOP) once it has claimed its attempt number and restored attempt 1's checkpoint, and goes
+    on (SIGCONT) only once attempt 3, the newer one, has claimed the next number. Attempt 2 must
+    then stop writing at its next checkpoint and exit 75, and leave attempt 3's checkpoints and
+    final output as attempt 3 wrote them: the same model as an uninterrupted run."""
     extra = dict(num_train_epochs="20", save_steps="50", logging_steps="50")
     expected = baseline(aws_env, bucket, job_inputs, tmp_path, **extra)
     env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "twice", tmp_path, **extra))
-    stale = jobs.Job(env, tmp_path)
-    stale.wait_for("[metrics] step=100 ")
-    newer = jobs.Job(dict(env, FT_WORK_DIR=str(tmp_path / "work-newer")), tmp_path)
-    rc_newer, rc_stale = newer.finish(), stale.finish()
+    claims = "runs/twice/checkpoints/_attempts/"
+    s3 = boto3.client("s3")
+    # A versioned bucket, as the Terraform module makes: every write and delete stays on record.
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    first = jobs.Job(env, tmp_path)
+    first.wait_for("[metrics] step=100 ")
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 143, first.output()[-3000:]
+    restored = f"restored checkpoint checkpoint-{first.stop_step():09d}-g0001"
+
+    stale = jobs.Job(dict(env, FT_SEED="8"), tmp_path)
+    newer = None
+    try:
+        stale.pause_at(restored, [stale.proc.pid])
+        assert f"{claims}000002" in jobs.s3_keys(bucket, claims)
+        newer = jobs.Job(dict(env, FT_WORK_DIR=str(tmp_path / "work-newer")), tmp_path)
+        jobs.wait_until(lambda: f"{claims}000003" in jobs.s3_keys(bucket, claims), "attempt 3's claim", 120)
+    except BaseException:
+        for job in (stale, newer):
+            if job is not None:
+                job.proc.kill()  # never leave a job running behind a failed test
+        raise
+    finally:
+        stale.resume([stale.proc.pid])
+
+    def newer_files() -> dict[str, str]:
+        """ETag of every key under the run but attempt 2's own (its claim and checkpoint folders)."""
+        listed = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/twice/")
+        etags = {o["Key"]: o["ETag"] for page in listed for o in page.get("Contents", [])}
+        return {k: v for k, v in etags.items() if not k.startswith(f"{claims}000002") and "-g0002/" not in k}
+
+    rc_newer = newer.finish()
+    written_by_newer = newer_files()
+    rc_stale = stale.finish()
     assert rc_newer == 0, newer.output()[-3000:]
-    if rc_stale != 0:  # the stale attempt noticed the newer one at its next checkpoint
-        assert rc_stale == 75 and "newer attempt" in stale.output(), stale.output()[-3000:]
-    assert "restored checkpoint" in newer.output()
+    assert rc_stale == 75 and "a newer attempt" in stale.output(), f"rc={rc_stale}\n{stale.output()[-3000:]}"
+    now = newer_files()
+    changed = sorted(k for k, etag in written_by_newer.items() if now.get(k) != etag)
+    assert not changed, f"the stale attempt changed or deleted files of the newer one: {changed}"
+    assert restored in newer.output()
+
+    # The record of every write: attempt 2 never committed a checkpoint (once attempt 3 had claimed
+    # its number, before attempt 2's first save, none of its checkpoints may become complete, even
+    # for a moment), and no checkpoint file or final output file was ever written twice.
+    written: dict[str, int] = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix="runs/twice/"):
+        for version in page.get("Versions", []):
+            written[version["Key"]] = written.get(version["Key"], 0) + 1
+    committed_by_stale = [k for k in written if k.endswith(f"-g0002/{mf.MANIFEST}")]
+    assert not committed_by_stale, f"the stale attempt committed {committed_by_stale}"
+    final_output = {f"runs/twice/{name}" for name in ("model.safetensors", "config.json", "metrics.json")}
+    rewritten = [k for k, n in written.items() if n > 1 and ("/checkpoint-" in k or k in final_output)]
+    assert not rewritten, f"written more than once: {rewritten}"
+    assert final_output <= written.keys()
     found = all_complete_checkpoints_verify(bucket, "runs/twice/checkpoints/", tmp_path)
-    assert max(c.step for c in found) == 1600
+    assert (found[0].step, found[0].generation) == (1600, 3)
+    metrics = json.loads(jobs.s3_bytes(bucket, "runs/twice/metrics.json"))
+    assert metrics["attempt"] == 3 and metrics["run_restarts"] == 2
     assert_same_weights(expected, final_weights(bucket, "twice"))
 
 

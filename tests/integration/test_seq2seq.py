@@ -43,7 +43,9 @@ def pairs(job_inputs, bucket, tmp_path):
 
 
 def test_seq2seq_reports_bleu_resumes_bitwise_identically_and_reloads(aws_env, bucket, pairs, tmp_path):
-    rc, out = jobs.run(jobs.child_env(aws_env, **settings(pairs, bucket, "straight", tmp_path)), tmp_path)
+    rc, out = jobs.run(
+        jobs.child_env(aws_env, **settings(pairs, bucket, "straight", tmp_path, **jobs.STOPPABLE)), tmp_path
+    )
     assert rc == 0, out[-3000:]
     assert "FT_MODEL is an encoder only (bert)" in out
     metrics = json.loads(jobs.s3_bytes(bucket, "runs/straight/metrics.json"))
@@ -52,7 +54,7 @@ def test_seq2seq_reports_bleu_resumes_bitwise_identically_and_reloads(aws_env, b
     assert 20 < metrics["eval_bleu"] <= 100 and metrics["eval_loss"] > 0 and 1 < metrics["eval_gen_len"] <= 12
     assert f"eval_bleu={metrics['eval_bleu']:.6g}" in out
 
-    env = jobs.child_env(aws_env, **settings(pairs, bucket, "interrupted", tmp_path))
+    env = jobs.child_env(aws_env, **settings(pairs, bucket, "interrupted", tmp_path, **jobs.STOPPABLE))
     stopped, out = jobs.stop_and_resume(env, tmp_path)
     assert 30 <= stopped < 80
     resumed = json.loads(jobs.s3_bytes(bucket, "runs/interrupted/metrics.json"))

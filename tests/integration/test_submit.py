@@ -2,7 +2,9 @@
 
 moto runs Batch jobs in containers unless told otherwise; these tests check the submission, not
 the job, so the server is switched to `{"batch": {"use_docker": false}}` (jobs succeed at once)
-and switched back afterwards.
+and switched back afterwards. Where a test needs a job to end another way (out of attempts after
+spot interruptions, stopped at SageMaker's MaxWait), which moto cannot play, a proxy in front of
+the server rewrites only the job's description; everything submitted still lands in moto.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+
+from tests.support.fakes import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -264,3 +268,196 @@ def test_submit_sagemaker_creates_a_managed_spot_job_with_checkpoints_and_metric
     assert sent["Environment"] == {"HF_HUB_OFFLINE": "1"}
     metrics = {m["Name"] for m in sent["AlgorithmSpecification"]["MetricDefinitions"]}
     assert {"loss", "eval_loss", "eval_accuracy"} <= metrics
+
+
+HOST_TERMINATED = "Host EC2 (instance i-0a1b2c3d4e5f67890) terminated."
+
+
+def out_of_attempts(last_exit_code: int | None, last_reason: str, allowed: int = 3):
+    """A rewrite of moto's description of a job (SUCCEEDED at once) into Batch's of one that used
+    all `allowed` attempts, each interrupted by spot (exit 143), the last as given."""
+
+    def rewrite(job: dict) -> dict:
+        def attempt(code, reason):
+            container = {"logStreamName": f"finetune/default/{job['jobId']}", "networkInterfaces": []}
+            return {"container": container if code is None else {**container, "exitCode": code}, "statusReason": reason}
+
+        attempts = [attempt(143, "Essential container in task exited") for _ in range(allowed - 1)]
+        return {
+            **job,
+            "status": "FAILED",
+            "statusReason": last_reason,
+            "attempts": [*attempts, attempt(last_exit_code, last_reason)],
+            "retryStrategy": {"attempts": allowed},
+        }
+
+    return rewrite
+
+
+def describe_jobs_rewriter(endings: dict):
+    """A FaultProxy rewrite: DescribeJobs answers describe the jobs named in `endings` as it says."""
+
+    def rewrite(path: str, headers: dict, request_body: bytes, body: bytes) -> bytes:
+        if not path.startswith("/v1/describejobs"):
+            return body
+        answer = json.loads(body)
+        answer["jobs"] = [endings[j["jobName"]](j) if j["jobName"] in endings else j for j in answer["jobs"]]
+        return json.dumps(answer).encode()
+
+    return rewrite
+
+
+def submitted_requests(proxy: FaultProxy) -> list[dict]:
+    return [json.loads(body) for method, path, _, body in proxy.requests if path.startswith("/v1/submitjob")]
+
+
+def test_submit_batch_resubmits_a_job_that_ran_out_of_attempts_with_the_same_settings(
+    aws_env, batch_queue, moto_server
+):
+    queue, definition = batch_queue
+    name = f"long-{uuid.uuid4().hex[:8]}"
+    proxy = FaultProxy(
+        moto_server,
+        rewrite=describe_jobs_rewriter(
+            {
+                name: out_of_attempts(143, "Essential container in task exited"),
+                f"{name}-r1": out_of_attempts(None, HOST_TERMINATED),
+            }
+        ),
+    )
+    try:
+        result = finetune(
+            [
+                "submit",
+                "batch",
+                "--job-queue",
+                queue,
+                "--job-definition",
+                definition,
+                "--job-name",
+                name,
+                "--set",
+                "FT_OUTPUT_URI=s3://b/runs/long/",
+                "--set",
+                "FT_MAX_STEPS=100000",
+                "--env",
+                "HF_HUB_OFFLINE=1",
+                "--timeout-seconds",
+                "3600",
+                "--attempts",
+                "3",
+                "--wait",
+                "--poll-seconds",
+                "0.2",
+                "--resubmit",
+                "2",
+            ],
+            {**aws_env, "AWS_ENDPOINT_URL_BATCH": proxy.url},
+        )
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == 3, "one line per job submitted"
+
+    # The resubmissions are the first request under new names: same queue, definition, settings
+    # (so the same checkpoint location), attempts and retry rules, timeout.
+    first, *again = submitted_requests(proxy)
+    assert [r["jobName"] for r in again] == [f"{name}-r1", f"{name}-r2"]
+    assert all({**r, "jobName": name} == first for r in again)
+    jobs = {j["jobId"]: j for j in boto3.client("batch").describe_jobs(jobs=ids)["jobs"]}
+    assert [jobs[i]["jobName"] for i in ids] == [name, f"{name}-r1", f"{name}-r2"]
+
+    def landed(job: dict) -> tuple:
+        environment = {
+            e["name"]: e["value"] for e in job["container"]["environment"] if e["name"] != "AWS_BATCH_JOB_ID"
+        }
+        return job["jobQueue"], job["jobDefinition"], environment, job["timeout"]
+
+    assert landed(jobs[ids[1]]) == landed(jobs[ids[2]]) == landed(jobs[ids[0]])
+    assert landed(jobs[ids[0]])[2]["FT_OUTPUT_URI"] == "s3://b/runs/long/"
+
+    assert (
+        f"Batch job {name} ({ids[0]}) used all 3 of its 3 attempt(s); the last was interrupted (exit code 143, "
+        f"INTERRUPTED): Essential container in task exited. Resubmitting it (1 of 2) with the same settings"
+    ) in result.stderr
+    assert f"submitted {name}-r1 ({ids[1]})" in result.stderr
+    assert (
+        f"Batch job {name}-r1 ({ids[1]}) used all 3 of its 3 attempt(s); the last lost its host, a spot reclaim "
+        f"(no exit code): {HOST_TERMINATED}"
+    ) in result.stderr
+    assert f"submitted {name}-r2 ({ids[2]})" in result.stderr and f"{ids[2]}: SUCCEEDED" in result.stderr
+
+
+def test_submit_batch_never_resubmits_a_user_error(aws_env, batch_queue, moto_server):
+    queue, definition = batch_queue
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    proxy = FaultProxy(
+        moto_server,
+        rewrite=describe_jobs_rewriter({name: out_of_attempts(64, "Essential container in task exited", 1)}),
+    )
+    argv = ["submit", "batch", "--job-queue", queue, "--job-definition", definition, "--job-name", name]
+    try:
+        result = finetune(
+            [*argv, "--wait", "--poll-seconds", "0.2", "--resubmit", "3"],
+            {**aws_env, "AWS_ENDPOINT_URL_BATCH": proxy.url},
+        )
+    finally:
+        proxy.close()
+    assert result.returncode == 64, result.stderr
+    assert len(result.stdout.split()) == 1 and len(submitted_requests(proxy)) == 1
+    assert f"not resubmitted: Batch job {name} ({result.stdout.strip()}) FAILED with exit code 64" in result.stderr
+
+
+def sagemaker_argv(role: str, bucket: str, name: str) -> list[str]:
+    return [
+        "submit",
+        "sagemaker",
+        "--image",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:1",
+        "--role",
+        role,
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--output-s3-uri",
+        f"s3://{bucket}/jobs",
+        "--job-name",
+        name,
+        "--max-runtime-seconds",
+        "3600",
+        "--wait",
+        "--poll-seconds",
+        "0.2",
+    ]
+
+
+def test_submit_sagemaker_wait_follows_the_job_to_completed(aws_env, sagemaker_role, bucket):
+    name = f"ft-{uuid.uuid4().hex[:8]}"
+    result = finetune(sagemaker_argv(sagemaker_role, bucket, name), aws_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name and f"{name}: Completed" in result.stderr
+
+
+def test_submit_sagemaker_wait_says_when_max_wait_was_the_binding_limit(aws_env, sagemaker_role, bucket, moto_server):
+    name = f"ft-{uuid.uuid4().hex[:8]}"
+
+    def stopped_at_max_wait(path: str, headers: dict, request_body: bytes, body: bytes) -> bytes:
+        target = {k.lower(): v for k, v in headers.items()}.get("x-amz-target")
+        if target != "SageMaker.DescribeTrainingJob":
+            return body
+        job = json.loads(body)
+        job.update(TrainingJobStatus="Stopped", SecondaryStatus="MaxWaitTimeExceeded")
+        return json.dumps(job).encode()
+
+    proxy = FaultProxy(moto_server, rewrite=stopped_at_max_wait)
+    try:
+        result = finetune(
+            sagemaker_argv(sagemaker_role, bucket, name), {**aws_env, "AWS_ENDPOINT_URL_SAGEMAKER": proxy.url}
+        )
+    finally:
+        proxy.close()
+    assert result.returncode == 75, result.stderr
+    assert f"{name}: Stopped (MaxWaitTimeExceeded)" in result.stderr
+    assert "MaxWaitTimeInSeconds (7200 s)" in result.stderr and "was the binding limit" in result.stderr
+    assert "raise --max-wait-seconds (e.g. 14400" in result.stderr
+    assert f"--checkpoint-s3-uri s3://{bucket}/jobs/{name}/checkpoints" in result.stderr

@@ -6,24 +6,26 @@ import signal
 import pytest
 
 from tests.integration.conftest import final_weights, settings
-from tests.support import jobs
+from tests.support import jobs, tiny
 
 pytestmark = pytest.mark.integration
 
 
 def test_sigterm_checkpoints_to_s3_exits_143_and_resume_is_bitwise_identical(aws_env, bucket, job_inputs, tmp_path):
-    rc, out = jobs.run(jobs.child_env(aws_env, **settings(job_inputs, bucket, "straight", tmp_path)), tmp_path)
+    run_settings = dict(settings(job_inputs, bucket, "straight", tmp_path), **jobs.STOPPABLE)
+    rc, out = jobs.run(jobs.child_env(aws_env, **run_settings), tmp_path)
     assert rc == 0, out[-3000:]
 
-    env = jobs.child_env(aws_env, **settings(job_inputs, bucket, "interrupted", tmp_path))
+    env = jobs.child_env(aws_env, **dict(settings(job_inputs, bucket, "interrupted", tmp_path), **jobs.STOPPABLE))
     job = jobs.Job(env, tmp_path)
-    job.wait_for("[metrics] step=30 ")
-    job.signal(signal.SIGTERM)
+    allowed = job.signal_between_steps("[metrics] step=30 ")
     job.signal(signal.SIGTERM)  # a second signal must not disturb the save under way
     assert job.finish() == 143, job.output()[-3000:]
-    line = job.wait_for("saving a checkpoint at step")
-    stopped = int(line.rsplit("step ", 1)[1].split(",")[0])
+    stopped = job.stop_step()
+    assert stopped in allowed, f"the stop landed at step {stopped}, not at the next step boundary {sorted(allowed)}"
     assert 30 <= stopped < 240
+    # No save is scheduled before the end (FT_SAVE_STEPS=100000): the one checkpoint is the stop's.
+    assert jobs.complete_steps(env) == [stopped]
     keys = jobs.s3_keys(bucket, "runs/interrupted/checkpoints/")
     assert f"runs/interrupted/checkpoints/checkpoint-{stopped:09d}-g0001/finetune-manifest.json" in keys
     assert "steps_lost=0" in job.output()
@@ -80,3 +82,33 @@ def test_missing_model_is_a_user_error(aws_env, bucket, job_inputs, tmp_path):
     )
     rc, out = jobs.run(env, tmp_path)
     assert rc == 64 and "Nothing found at s3://" in out and "Traceback" not in out
+
+
+def test_a_second_job_on_the_same_work_dir_trains_on_its_own_data_only(aws_env, bucket, job_inputs, tmp_path):
+    rows = tiny.sst2_rows("train", 120)
+    for job, (yes, no) in {"first": ("alpha", "beta"), "second": ("gamma", "delta")}.items():
+        labelled = [dict(r, label=yes if r["label"] == "1" else no) for r in rows]
+        # Different file names under different prefixes: the first job's kept files would be read too.
+        tiny.write_csv(tmp_path / job / "train" / f"{job}.csv", labelled[:100])
+        tiny.write_csv(tmp_path / job / "eval.csv", labelled[100:])
+        jobs.upload_folder(tmp_path / job, bucket, f"{job}/")
+    outputs = []
+    for job in ("first", "second"):
+        env = jobs.child_env(
+            aws_env,
+            **dict(
+                settings(job_inputs, bucket, job, tmp_path),
+                train_data=f"s3://{bucket}/{job}/train/",
+                eval_data=f"s3://{bucket}/{job}/eval.csv",
+                work_dir=str(tmp_path / "shared-work"),
+                max_steps="3",
+            ),
+        )
+        rc, out = jobs.run(env, tmp_path)
+        assert rc == 0, out[-3000:]
+        outputs.append(out)
+    assert json.loads(jobs.s3_bytes(bucket, "runs/first/config.json"))["id2label"] == {"0": "alpha", "1": "beta"}
+    assert json.loads(jobs.s3_bytes(bucket, "runs/second/config.json"))["id2label"] == {"0": "delta", "1": "gamma"}
+    assert "loaded FT_TRAIN_DATA: 100 rows from 1 file(s)" in outputs[1]
+    model_files = len(jobs.s3_keys(bucket, job_inputs["model"].split("/", 3)[3]))
+    assert f"FT_MODEL: {model_files} file(s) reused, 0 downloaded" in outputs[1]  # the same model: kept

@@ -23,7 +23,7 @@ import pytest
 from tests.support import jobs
 from tests.support.tiny import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # real models: past the default 900 s
 
 DATA = REPO.parent / "shared" / "data"
 

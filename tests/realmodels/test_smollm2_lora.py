@@ -16,7 +16,7 @@ import pytest
 from tests.support import jobs, tiny_causal
 from tests.support.tiny import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a real model: past the default 900 s
 
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tiny_shakespeare"
 STEPS = 30

@@ -10,6 +10,7 @@ import random
 import socket
 import threading
 import urllib.parse
+from collections.abc import Callable
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -77,18 +78,41 @@ class _IMDSHandler(http.server.BaseHTTPRequestHandler):
 class FaultProxy(_Running):
     """Forwards every request to `upstream`; a fraction `rate` of them (seeded) gets a 500, a 503
     SlowDown or a reset connection instead, and any request whose path contains one of
-    `fail_paths` always gets a 500."""
+    `fail_paths` always gets a 500, or the status and S3 error code `fail_with` (e.g. (403,
+    "AccessDenied"), (400, "ExpiredToken")). A request whose path contains one of `stall_paths`
+    is read and never answered (a stalled S3), until `close()`. Every request is kept in
+    `requests` (method, path, headers, body) so a test can see what a client really sent.
+    `rewrite(path, request_headers, request_body, response_body)`, if given, returns the body the
+    client gets instead of the upstream's (a world the upstream cannot play, e.g. a failed job)."""
 
-    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, fail_paths: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        upstream: str,
+        rate: float = 0.0,
+        seed: int = 0,
+        fail_paths: tuple[str, ...] = (),
+        fail_with: tuple[int, str] = (500, "InternalError"),
+        stall_paths: tuple[str, ...] = (),
+        rewrite: Callable[[str, dict[str, str], bytes, bytes], bytes] | None = None,
+    ):
         parsed = urllib.parse.urlparse(upstream)
+        self.rewrite = rewrite
+        self.stall_paths = tuple(stall_paths)
+        self.released = threading.Event()
         self.upstream = (parsed.hostname, parsed.port)
         self.rate = rate
         self.fail_paths = tuple(fail_paths)
+        self.fail_with = fail_with
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.injected = {"500": 0, "503": 0, "reset": 0, "path": 0}
         self.forwarded = 0
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         super().__init__(_ProxyHandler)
+
+    def close(self):
+        self.released.set()  # stalled requests end (unanswered) and their threads with them
+        super().close()
 
     def decide(self, path: str) -> str | None:
         if any(p in urllib.parse.unquote(path) for p in self.fail_paths):
@@ -126,6 +150,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def _handle(self):
         owner = self.server.owner
         body = self._body()
+        with owner.lock:
+            owner.requests.append((self.command, self.path, dict(self.headers.items()), body))
+        if any(p in urllib.parse.unquote(self.path) for p in owner.stall_paths):
+            owner.released.wait(600)  # no answer, the connection left open
+            self.close_connection = True
+            return
         fault = owner.decide(self.path)
         if fault:
             with owner.lock:
@@ -136,8 +166,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self.connection.close()
             return
         if fault in ("500", "503", "path"):
-            code = 503 if fault == "503" else 500
-            data = ERROR_XML.format(code="SlowDown" if code == 503 else "InternalError").encode()
+            code, name = {"500": (500, "InternalError"), "503": (503, "SlowDown")}.get(fault, owner.fail_with)
+            data = ERROR_XML.format(code=name).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(data)))
@@ -151,6 +181,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         resp = conn.getresponse()
         data = resp.read()
         conn.close()
+        if owner.rewrite is not None:
+            data = owner.rewrite(self.path, dict(self.headers.items()), body, data)
         with owner.lock:
             owner.forwarded += 1
         self.send_response(resp.status)

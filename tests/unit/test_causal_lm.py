@@ -32,7 +32,7 @@ def tokenizer(texts):
 
 def targets(tokenizer, ids, labels) -> str:
     """The text of the tokens that carry a loss."""
-    return tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
+    return tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE])
 
 
 def test_columns_follow_the_kind_of_data():
@@ -112,7 +112,7 @@ def test_plain_text_is_truncated_ends_with_eos_and_every_token_is_a_target(token
     ds = datasets.Dataset.from_dict({"text": texts[:20]})
     out = causal_lm.tokenize(ds, tokenizer, settings(max_length=16), {})
     assert len(out) == 20
-    for ids, labels in zip(out["input_ids"], out["labels"]):
+    for ids, labels in zip(out["input_ids"], out["labels"], strict=True):
         assert len(ids) <= 16 and ids[-1] == tokenizer.eos_token_id and labels == ids
 
 

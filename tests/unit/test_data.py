@@ -22,7 +22,7 @@ def settings_for(tmp_path, **extra):
 def test_string_labels_are_mapped_sorted_and_eval_uses_the_same_ids(tmp_path):
     (tmp_path / "t.csv").write_text("text,label\na,pos\nb,neg\nc,pos\n")
     (tmp_path / "e.jsonl").write_text(
-        "\n".join(json.dumps({"text": t, "label": l}) for t, l in [("d", "neg"), ("e", "pos")])
+        "\n".join(json.dumps({"text": t, "label": label}) for t, label in [("d", "neg"), ("e", "pos")])
     )
     s = settings_for(tmp_path, train_data=str(tmp_path / "t.csv"), eval_data=str(tmp_path / "e.jsonl"))
     splits = load(s, tmp_path)
@@ -44,6 +44,20 @@ def test_a_folder_of_parquet_files_and_integer_labels(tmp_path):
     assert len(splits.train) + len(splits.eval) == 3 and len(splits.eval) >= 1
 
 
+def test_training_labels_of_one_value_only_are_an_error(tmp_path):
+    (tmp_path / "t.csv").write_text("text,label\na,x\nb,x\n")
+    s = settings_for(tmp_path, train_data=str(tmp_path / "t.csv"))
+    with pytest.raises(UserError, match="every row has the same label .'x'"):
+        load(s, tmp_path)
+
+
+def test_a_text_column_of_lists_is_an_error(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"text": ["a", "b"], "label": 0}\n{"text": ["c"], "label": 1}\n')
+    s = settings_for(tmp_path, train_data=str(tmp_path / "t.jsonl"))
+    with pytest.raises(UserError, match="column 'text' .FT_TEXT_COLUMN. holds lists, not text"):
+        load(s, tmp_path)
+
+
 def test_a_missing_column_names_the_setting_and_the_columns_there(tmp_path):
     (tmp_path / "t.csv").write_text("sentence,label\na,1\n")
     s = settings_for(tmp_path, train_data=str(tmp_path / "t.csv"))
@@ -53,7 +67,7 @@ def test_a_missing_column_names_the_setting_and_the_columns_there(tmp_path):
 
 
 def test_eval_labels_unseen_in_training_are_an_error(tmp_path):
-    (tmp_path / "t.csv").write_text("text,label\na,x\n")
+    (tmp_path / "t.csv").write_text("text,label\na,x\nc,z\n")
     (tmp_path / "e.csv").write_text("text,label\nb,y\n")
     s = settings_for(tmp_path, train_data=str(tmp_path / "t.csv"), eval_data=str(tmp_path / "e.csv"))
     with pytest.raises(UserError, match="do not occur in the training data"):

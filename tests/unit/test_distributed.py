@@ -1,7 +1,9 @@
 """How `finetune train` launches (launch.launch_plan) and how processes agree to stop."""
 
+import json
 import signal
 import threading
+import time
 
 import pytest
 from transformers import TrainerControl, TrainerState
@@ -16,13 +18,13 @@ LOCAL = Runtime(platform="local")
 
 
 def sagemaker(current: str, hosts=("algo-2", "algo-1")) -> Runtime:
-    environ = {"TRAINING_JOB_NAME": "j", "SM_HOSTS": '["%s"]' % '", "'.join(hosts), "SM_CURRENT_HOST": current}
+    environ = {"TRAINING_JOB_NAME": "j", "SM_HOSTS": json.dumps(list(hosts)), "SM_CURRENT_HOST": current}
     return detect(environ, {})
 
 
 def batch(node: int, main: int = 0, nodes: int = 2, main_address: str | None = "10.0.0.7") -> Runtime:
     environ = {
-        "AWS_BATCH_JOB_ID": "abc#%d" % node,
+        "AWS_BATCH_JOB_ID": f"abc#{node}",
         "AWS_BATCH_JOB_NUM_NODES": str(nodes),
         "AWS_BATCH_JOB_NODE_INDEX": str(node),
         "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(main),
@@ -140,7 +142,7 @@ class FakeAllReduce:
         self.barrier = threading.Barrier(n, action=self._reduce, timeout=5)
 
     def _reduce(self):
-        self.result = [any(column) for column in zip(*self.given.values())]
+        self.result = [any(column) for column in zip(*self.given.values(), strict=True)]
         self.given = {}
 
     def for_rank(self, rank: int):
@@ -175,11 +177,14 @@ def run_ranks(n: int, steps: int, stops_at: dict[int, int], superseded_at: dict[
                 break
         results[rank] = (stopper.stopped_at_step, seen)
 
-    threads = [threading.Thread(target=process, args=(r,)) for r in range(n)]
+    threads = [threading.Thread(target=process, args=(r,), daemon=True) for r in range(n)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 10
     for t in threads:
-        t.join(10)
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a simulated process is still running after 10 s"
+    assert sorted(results) == list(range(n)), f"a simulated process failed (a broken barrier?): {sorted(results)}"
     return results
 
 
@@ -226,22 +231,33 @@ def test_check_stop_raises_when_any_process_saw_a_request():
     assert raised.value.exit_code == 143
 
 
+def eventually(condition, timeout_s: float = 10.0) -> bool:
+    """Whether `condition()` becomes true within `timeout_s` (polled)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_forward_stop_signals_every_process_once_including_late_ones(monkeypatch):
     sent = []
     monkeypatch.setattr(launch.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     stop, finished = interruption.StopRequest(), threading.Event()
     children = [[101, 102]]
-    thread = threading.Thread(target=launch.forward_stop, args=(stop, finished, lambda: children[0]))
+    thread = threading.Thread(target=launch.forward_stop, args=(stop, finished, lambda: children[0]), daemon=True)
     thread.start()
-    stop.request("SIGINT", signal.SIGINT)
-    deadline = threading.Event()
-    while len(sent) < 2 and not deadline.wait(0.05):
-        pass
-    children[0] = [101, 102, 103]  # started after the request
-    while len(sent) < 3 and not deadline.wait(0.05):
-        pass
-    finished.set()
-    thread.join(5)
+    try:
+        assert not eventually(lambda: sent, timeout_s=0.5), "signalled before any stop request"
+        stop.request("SIGINT", signal.SIGINT)
+        assert eventually(lambda: len(sent) >= 2), f"the running processes were not signalled: {sent}"
+        children[0] = [101, 102, 103]  # started after the request
+        assert eventually(lambda: len(sent) >= 3), f"the late process was not signalled: {sent}"
+    finally:
+        finished.set()
+        thread.join(5)
+    assert not thread.is_alive(), "forward_stop did not end once the launch was over"
     assert sent == [(101, signal.SIGINT), (102, signal.SIGINT), (103, signal.SIGINT)]
 
 

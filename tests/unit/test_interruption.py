@@ -1,8 +1,11 @@
+import logging
 import os
 import signal
+import socket
 import time
 from types import SimpleNamespace
 
+from entrypoint.config import settings as config
 from entrypoint.config.platform import Runtime
 from entrypoint.durability import accounting, interruption
 from tests.support.fakes import FakeIMDS
@@ -74,3 +77,40 @@ def test_accounting_counts_steps_lost_when_the_stop_checkpoint_failed():
     stats = SimpleNamespace(durable_step=30, durable_at=None, mb_per_s=None, failures=1)
     figures = accounting.accounting(stop, stopper, stats, 5.0, None, 2)
     assert figures["steps_lost"] == 10 and figures["notice_to_durable_s"] is None and figures["interruptions"] == 1
+
+
+def test_a_metadata_service_that_does_not_answer_is_reported_once_at_warning(caplog):
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stop = interruption.StopRequest()
+    poller = interruption.SpotNoticePoller(stop, f"http://127.0.0.1:{port}", interval_s=0.02)
+    with caplog.at_level(logging.DEBUG, logger="entrypoint.durability.interruption"):
+        poller.start()
+        deadline = time.monotonic() + 10
+        while sum("not answering" in r.getMessage() for r in caplog.records) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        poller.close()
+        poller.join(5)
+    reports = [r for r in caplog.records if "not answering" in r.getMessage()]
+    warnings = [r for r in reports if r.levelno == logging.WARNING]
+    assert len(reports) >= 4 and len(warnings) == 1, [(r.levelname, r.getMessage()) for r in reports]
+    assert f"127.0.0.1:{port}" in warnings[0].getMessage() and not stop.is_set()
+
+
+def test_the_stop_checkpoint_must_be_durable_before_the_platforms_kill():
+    stop = interruption.StopRequest()
+    assert interruption.stop_deadline(stop, 120) is None
+    stop.request("SIGTERM", signal.SIGTERM)
+    assert interruption.stop_deadline(stop, 120) == stop.requested_at + 110  # a margin to report and exit
+    assert interruption.stop_deadline(stop, 30) == stop.requested_at + 22.5
+
+
+def test_the_platforms_grace_after_a_stop_is_the_default_and_a_setting_overrides_it():
+    required = {"FT_MODEL": "m", "FT_TRAIN_DATA": "d"}
+    plain = config.load_settings(required, Runtime("local"))
+    assert config.stop_grace_seconds(plain, Runtime("sagemaker")) == 120
+    assert config.stop_grace_seconds(plain, Runtime("batch", job_id="j")) == 30
+    assert config.stop_grace_seconds(plain, Runtime("local")) == 30
+    longer = config.load_settings({**required, "FT_STOP_GRACE_SECONDS": "110"}, Runtime("local"))
+    assert config.stop_grace_seconds(longer, Runtime("batch", job_id="j")) == 110

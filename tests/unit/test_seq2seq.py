@@ -63,7 +63,9 @@ def test_encoder_only_folder_becomes_an_encoder_decoder_that_reloads(bert_folder
     assert model.generation_config.eos_token_id == tokenizer.sep_token_id
     assert model.config.pad_token_id == tokenizer.pad_token_id
     again = seq2seq.load_model(bert_folder, "s3://b/m/", {}, settings(), 7)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))  # seeded
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )  # seeded
     model.save_pretrained(tmp_path / "out")
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
     assert isinstance(reloaded, EncoderDecoderModel)

@@ -2,12 +2,15 @@
 
 Snapshots: the full requests are compared with JSON files under snapshots/. After a deliberate
 change, regenerate them with `UPDATE_SNAPSHOTS=1 pytest tests/unit/test_submit.py` and review
-the diff.
+the diff (never under CI: there a snapshot is compared, not written). Every request the builders
+make here, and every snapshot, must also pass botocore's own validation of the API operation's
+input (names, types, required members), as boto3 would check it before sending.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.errors import RETRY_RULES, UserError, WorldError
+from entrypoint.errors import EXIT_CODES, RETRY_RULES, UserError, WorldError
 from entrypoint.reporting import STANDARD_METRICS, format_metrics
 from entrypoint.submit import batch as submit_batch
 from entrypoint.submit import command as submit
@@ -25,15 +28,80 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 ROLE = "arn:aws:iam::123456789012:role/finetune-sagemaker"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:1.0"
 
+SUBMIT_JOB = ("batch", "SubmitJob")
+REGISTER_JOB_DEFINITION = ("batch", "RegisterJobDefinition")
+CREATE_TRAINING_JOB = ("sagemaker", "CreateTrainingJob")
+# Each snapshot and the API operation whose request it is.
+SNAPSHOT_OPERATIONS = {
+    "submit_job.json": SUBMIT_JOB,
+    "register_job_definition.json": REGISTER_JOB_DEFINITION,
+    "create_training_job.json": CREATE_TRAINING_JOB,
+}
+
+
+@functools.cache
+def input_shape(operation: tuple[str, str]):
+    import botocore.session
+
+    service, name = operation
+    return botocore.session.get_session().get_service_model(service).operation_model(name).input_shape
+
+
+def valid(operation: tuple[str, str], request: dict) -> dict:
+    """`request`, once botocore's parameter validation for `operation` accepts it (else it raises
+    ParamValidationError naming every problem: unknown members, wrong types, missing required ones)."""
+    from botocore.validate import validate_parameters
+
+    validate_parameters(request, input_shape(operation))
+    return request
+
+
+def in_ci() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("CODEBUILD_BUILD_ID"))
+
 
 def assert_snapshot(name: str, value: dict) -> None:
+    valid(SNAPSHOT_OPERATIONS[name], value)
     path = SNAPSHOTS / name
     text = json.dumps(value, indent=2, sort_keys=True) + "\n"
     if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        if in_ci():
+            pytest.fail("UPDATE_SNAPSHOTS=1 under CI: snapshots are rewritten by hand and reviewed, never by CI")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     assert path.exists(), f"{path} is missing; create it with UPDATE_SNAPSHOTS=1 and review it"
     assert text == path.read_text(), f"{name} differs from the snapshot; if intended, rerun with UPDATE_SNAPSHOTS=1"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SNAPSHOTS.glob("*.json")))
+def test_every_snapshot_is_a_valid_request(name):
+    assert name in SNAPSHOT_OPERATIONS, f"snapshots/{name}: which API operation's request is it?"
+    valid(SNAPSHOT_OPERATIONS[name], json.loads((SNAPSHOTS / name).read_text()))
+
+
+def test_request_validation_refuses_what_the_api_would():
+    """Guards the guard: botocore's validation sees unknown members, wrong types and missing ones."""
+    import botocore.exceptions
+
+    request = {"jobName": "j", "jobQueue": "q", "jobDefinition": "d"}
+    assert valid(SUBMIT_JOB, request) == request
+    for bad in ({**request, "containerOverride": {}}, {**request, "timeout": 600}, {"jobName": "j"}):
+        with pytest.raises(botocore.exceptions.ParamValidationError):
+            valid(SUBMIT_JOB, bad)
+
+
+@pytest.mark.parametrize("ci", [{"CI": "true"}, {"CODEBUILD_BUILD_ID": "finetune:1"}])
+def test_snapshots_are_never_rewritten_under_ci(monkeypatch, ci):
+    monkeypatch.setenv("UPDATE_SNAPSHOTS", "1")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("CODEBUILD_BUILD_ID", raising=False)
+    for key, value in ci.items():
+        monkeypatch.setenv(key, value)
+    path = SNAPSHOTS / "submit_job.json"
+    before = path.read_text()
+    with pytest.raises(pytest.fail.Exception, match="UPDATE_SNAPSHOTS=1 under CI"):
+        assert_snapshot("submit_job.json", {"jobName": "j", "jobQueue": "q", "jobDefinition": "d"})
+    assert path.read_text() == before
 
 
 def sagemaker_request(**overrides) -> dict:
@@ -49,7 +117,7 @@ def sagemaker_request(**overrides) -> dict:
         max_runtime_seconds=7200,
     )
     kwargs.update(overrides)
-    return submit_sagemaker.build_create_training_job_request(**kwargs)
+    return valid(CREATE_TRAINING_JOB, submit_sagemaker.build_create_training_job_request(**kwargs))
 
 
 def batch_request(**overrides) -> dict:
@@ -60,12 +128,18 @@ def batch_request(**overrides) -> dict:
         settings={"FT_MODEL": "distilbert-base-uncased", "FT_LEARNING_RATE": "3e-5"},
     )
     kwargs.update(overrides)
-    return submit_batch.build_submit_job_request(**kwargs)
+    return valid(SUBMIT_JOB, submit_batch.build_submit_job_request(**kwargs))
+
+
+def derived_definition(described: dict, image: str) -> dict:
+    return valid(REGISTER_JOB_DEFINITION, submit_batch.derive_job_definition(described, image))
 
 
 def run_dry(argv: list[str], capsys, environ=None) -> dict:
+    """The request `finetune submit ... --dry-run` prints, valid for the operation it is for."""
     assert submit.main([*argv, "--dry-run"], environ or {}) == 0
-    return json.loads(capsys.readouterr().out)
+    request = json.loads(capsys.readouterr().out)
+    return valid(SUBMIT_JOB if argv[0] == "batch" else CREATE_TRAINING_JOB, request)
 
 
 SAGEMAKER_ARGV = [
@@ -284,7 +358,7 @@ def test_derived_definition_matches_snapshot():
 
 def test_derived_definition_changes_only_the_image_and_drops_read_only_fields():
     described = described_definition()
-    request = submit_batch.derive_job_definition(described, IMAGE)
+    request = derived_definition(described, IMAGE)
     assert request["containerProperties"]["image"] == IMAGE
     assert described["containerProperties"]["image"].endswith(":main"), "the description is left as it was"
     assert set(described) - set(request) == {"jobDefinitionArn", "revision", "status", "containerOrchestrationType"}
@@ -362,7 +436,7 @@ class FakeDefinitions:
     def register_job_definition(self, **request):
         revision = max(d["revision"] for d in self.definitions) + 1
         arn = f"arn:aws:batch:us-east-1:123456789012:job-definition/{request['jobDefinitionName']}:{revision}"
-        self.registered.append(request)
+        self.registered.append(valid(REGISTER_JOB_DEFINITION, request))
         self.definitions.append({**request, "revision": revision, "status": "ACTIVE", "jobDefinitionArn": arn})
         return {"jobDefinitionArn": arn, "jobDefinitionName": request["jobDefinitionName"], "revision": revision}
 
@@ -372,6 +446,7 @@ def test_with_image_registers_a_revision_and_points_the_request_at_it(capsys):
         [described_definition(revision=2, jobDefinitionArn="arn:...:finetune:2"), described_definition()]
     )
     request = submit.with_image(client, "finetune", IMAGE, batch_request(job_definition="finetune"), dry_run=False)
+    valid(SUBMIT_JOB, request)
     new_arn = "arn:aws:batch:us-east-1:123456789012:job-definition/finetune:4"
     assert request["jobDefinition"] == new_arn
     assert client.registered == [submit_batch.derive_job_definition(described_definition(), IMAGE)]
@@ -385,6 +460,8 @@ def test_with_image_dry_run_prints_both_requests_and_registers_nothing(capsys):
     client = FakeDefinitions([described_definition()])
     submit.with_image(client, DEFINITION_ARN, IMAGE, batch_request(job_definition=DEFINITION_ARN), dry_run=True)
     printed = json.loads(capsys.readouterr().out)
+    valid(REGISTER_JOB_DEFINITION, printed["RegisterJobDefinition"])
+    valid(SUBMIT_JOB, printed["SubmitJob"])
     assert client.registered == []
     assert printed["RegisterJobDefinition"] == submit_batch.derive_job_definition(described_definition(), IMAGE)
     assert printed["SubmitJob"]["jobDefinition"].startswith("<jobDefinitionArn")
@@ -481,9 +558,11 @@ def _client_error(code: str):
     ],
 )
 def test_refused_requests_are_user_errors_and_service_failures_world_errors(code, family, verb):
-    with pytest.raises(family, match=f"sagemaker CreateTrainingJob {verb}: {code}"):
-        with submit.aws_errors("sagemaker CreateTrainingJob"):
-            raise _client_error(code)
+    with (
+        pytest.raises(family, match=f"sagemaker CreateTrainingJob {verb}: {code}"),
+        submit.aws_errors("sagemaker CreateTrainingJob"),
+    ):
+        raise _client_error(code)
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -586,3 +665,445 @@ def test_cli_flags_reach_the_batch_request(capsys):
 def test_default_job_name_is_used_when_none_is_given(capsys):
     request = run_dry(["batch", "--job-queue", "q", "--job-definition", "d"], capsys)
     assert re.fullmatch(r"finetune-\d{8}-\d{6}-\d{3}", request["jobName"])
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+SECRET = "hf_PLANTEDsubmitToken3"
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-token-AbCdEf"
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--set", f"FT_HUB_TOKEN={SECRET}"], "--set FT_HUB_TOKEN"),
+        (["--env", f"HF_TOKEN={SECRET}"], "--env HF_TOKEN"),
+        (["--env", f"WANDB_API_KEY={SECRET}"], "--env WANDB_API_KEY"),
+        (["--env", f"DB_PASSWORD={SECRET}"], "--env DB_PASSWORD"),
+        (["--env", f"GITHUB_CLIENT_SECRET={SECRET}"], "--env GITHUB_CLIENT_SECRET"),
+        (["--env", f"SSH_PRIVATE_KEY={SECRET}"], "--env SSH_PRIVATE_KEY"),
+        (["--env", f"GOOGLE_CREDENTIALS={SECRET}"], "--env GOOGLE_CREDENTIALS"),
+    ],
+)
+@pytest.mark.parametrize("target", ["batch", "sagemaker"])
+def test_secret_looking_names_are_refused_with_the_way_to_pass_them(argv, named, target, capsys):
+    with pytest.raises(UserError) as info:
+        run_dry([*(BATCH_ARGV if target == "batch" else SAGEMAKER_ARGV), *argv], capsys)
+    message = str(info.value)
+    assert f"{named}: the name says it holds a secret" in message and "--set FT_SECRETS=" in message
+    assert "DescribeJobs, DescribeTrainingJob" in message and info.value.exit_code == 64
+    assert SECRET not in message + json.dumps(capsys.readouterr())
+    if named == "--set FT_HUB_TOKEN":
+        assert "--set FT_SECRETS=HF_TOKEN=arn:aws:secretsmanager:" in message
+
+
+def test_secret_looking_names_in_an_env_file_or_a_config_file_are_refused(tmp_path, capsys):
+    env_file = tmp_path / "job.env"
+    env_file.write_text("FT_MODEL=m\nHF_TOKEN\n")
+    config = tmp_path / "job.yaml"
+    config.write_text(f"model: m\nhub_token: {SECRET}\n")
+    with pytest.raises(UserError) as info:
+        run_dry(
+            [*BATCH_ARGV, "--env-file", str(env_file), "--config", str(config)], capsys, environ={"HF_TOKEN": SECRET}
+        )
+    message = str(info.value)
+    assert f"--env-file {env_file}: HF_TOKEN: the name says it holds a secret" in message
+    assert f"--config {config}: FT_HUB_TOKEN: the name says it holds a secret" in message
+    assert SECRET not in message
+
+
+def test_names_with_token_as_a_word_part_are_not_refused(capsys):
+    request = run_dry([*BATCH_ARGV, "--set", "FT_AVERAGE_TOKENS_ACROSS_DEVICES=true"], capsys)
+    assert request["containerOverrides"]["environment"] == [
+        {"name": "FT_AVERAGE_TOKENS_ACROSS_DEVICES", "value": "true"}
+    ]
+
+
+def test_ft_secrets_travels_as_arns_and_a_value_in_its_place_is_refused_unshown(capsys):
+    request = run_dry([*SAGEMAKER_ARGV, "--set", f"FT_SECRETS=HF_TOKEN={SECRET_ARN}"], capsys)
+    assert request["HyperParameters"] == {"secrets": f"HF_TOKEN={SECRET_ARN}"}
+    with pytest.raises(UserError) as info:
+        run_dry([*SAGEMAKER_ARGV, "--set", f"FT_SECRETS=HF_TOKEN={SECRET}"], capsys)
+    assert "--set FT_SECRETS: HF_TOKEN: expected the ARN" in str(info.value) and SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--set", "FT_MODEL=https://user:hunter2pass@models.example/tiny"],
+        ["--env", f"INNOCENT_NAME=prefix-{SECRET}"],
+    ],
+)
+def test_a_secret_under_an_innocent_name_is_refused_unshown(argv, capsys):
+    with pytest.raises(UserError, match="the value holds a secret") as info:
+        run_dry([*BATCH_ARGV, *argv], capsys, environ={"HF_TOKEN": SECRET})
+    assert SECRET not in str(info.value) and "hunter2pass" not in str(info.value)
+
+
+def test_dry_run_of_a_definition_with_a_secret_in_its_environment_prints_it_redacted(capsys):
+    environment = [{"name": "FT_MODEL", "value": "s3://b/m/"}, {"name": "HF_TOKEN", "value": SECRET}]
+    described = described_definition()
+    described["containerProperties"]["environment"] = environment
+    client = FakeDefinitions([described])
+    submit.with_image(client, DEFINITION_ARN, IMAGE, batch_request(job_definition=DEFINITION_ARN), dry_run=True)
+    out = capsys.readouterr().out
+    printed = json.loads(out)
+    assert SECRET not in out
+    assert printed["RegisterJobDefinition"]["containerProperties"]["environment"][1] == {
+        "name": "HF_TOKEN",
+        "value": "(redacted)",
+    }
+
+
+# --- the retry budget: --resubmit (Batch) and --wait (SageMaker) ----------------------------
+
+HOST_TERMINATED = "Host EC2 (instance i-0a1b2c3d4e5f67890) terminated."
+CONTAINER_EXITED = "Essential container in task exited"
+JOB_QUEUE_ARN = "arn:aws:batch:us-east-1:123456789012:job-queue/finetune-spot"
+
+
+def batch_attempt(exit_code: int | None, reason: str = CONTAINER_EXITED, index: int = 0) -> dict:
+    """One entry of DescribeJobs' `attempts`, as Batch reports it. A host that went away (a spot
+    reclaim) leaves no exit code, only the status reason."""
+    task = f"arn:aws:ecs:us-east-1:123456789012:task/finetune-spot_Batch_5e1f/0c4d{index:04d}"
+    container = {
+        "containerInstanceArn": "arn:aws:ecs:us-east-1:123456789012:container-instance/finetune-spot_Batch_5e1f/9f3e",
+        "taskArn": task,
+        "logStreamName": f"finetune/default/0c4d{index:04d}",
+        "networkInterfaces": [],
+    }
+    if exit_code is not None:
+        container["exitCode"] = exit_code
+    started = 1_735_790_000_000 + index * 3_600_000
+    return {"container": container, "startedAt": started, "stoppedAt": started + 3_000_000, "statusReason": reason}
+
+
+def described_job(attempts: list[dict], *, allowed: int | None = 10, status: str = "FAILED", **extra) -> dict:
+    """A DescribeJobs entry for a job of the Terraform module's definition (retryStrategy with the
+    project's rules) that ended after `attempts`."""
+    last = attempts[-1] if attempts else {"container": {}, "statusReason": "Dependent Job failed"}
+    job = {
+        "jobArn": "arn:aws:batch:us-east-1:123456789012:job/8c5b7e1a-0d2f-4c1e-9a57-3f0b6d1c2e4a",
+        "jobName": "ft-long",
+        "jobId": "8c5b7e1a-0d2f-4c1e-9a57-3f0b6d1c2e4a",
+        "jobQueue": JOB_QUEUE_ARN,
+        "status": status,
+        "statusReason": last["statusReason"],
+        "attempts": attempts,
+        "createdAt": 1_735_789_000_000,
+        "startedAt": attempts[0]["startedAt"] if attempts else None,
+        "stoppedAt": last.get("stoppedAt"),
+        "dependsOn": [],
+        "jobDefinition": DEFINITION_ARN,
+        "parameters": {},
+        "container": {
+            "image": IMAGE,
+            "jobRoleArn": JOB_ROLE,
+            "environment": [{"name": "FT_OUTPUT_URI", "value": "s3://b/runs/long/"}],
+            **({"exitCode": last["container"]["exitCode"]} if "exitCode" in last["container"] else {}),
+            "logStreamName": last["container"].get("logStreamName"),
+        },
+        "timeout": {"attemptDurationSeconds": 86400},
+        "tags": {"Project": "finetune"},
+        "platformCapabilities": ["EC2"],
+        "eksAttempts": [],
+    }
+    if allowed is not None:
+        job["retryStrategy"] = {"attempts": allowed, "evaluateOnExit": submit_batch.evaluate_on_exit()}
+    job.update(extra)
+    return job
+
+
+def spot_worn(last: dict, allowed: int = 10) -> dict:
+    """A job whose every attempt but the last was a spot interruption (exit 143), and whose last is `last`."""
+    return described_job([batch_attempt(143, index=i) for i in range(allowed - 1)] + [last], allowed=allowed)
+
+
+@pytest.mark.parametrize(
+    "last, how",
+    [
+        (batch_attempt(143, index=9), "was interrupted (exit code 143, INTERRUPTED)"),
+        (batch_attempt(75, index=9), "was interrupted (exit code 75, WORLD_ERROR)"),
+        (batch_attempt(None, HOST_TERMINATED, index=9), "lost its host, a spot reclaim (no exit code)"),
+        (batch_attempt(137, HOST_TERMINATED, index=9), "lost its host, a spot reclaim (exit code 137, KILLED)"),
+    ],
+)
+def test_a_job_out_of_attempts_while_interrupted_is_resubmitted(last, how):
+    decision = submit_batch.resubmission(spot_worn(last), resubmitted=0, limit=2)
+    assert decision.resubmit and decision.eligible
+    assert "ft-long (8c5b7e1a-0d2f-4c1e-9a57-3f0b6d1c2e4a) used all 10 of its 10 attempt(s)" in decision.reason
+    assert f"the last {how}: {last['statusReason']}" in decision.reason
+    assert "Resubmitting it (1 of 2) with the same settings" in decision.reason
+
+
+def test_a_job_without_a_retry_strategy_has_one_attempt_to_use():
+    assert submit_batch.resubmission(described_job([batch_attempt(143)], allowed=None), 0, 1).resubmit
+    assert not submit_batch.resubmission(described_job([batch_attempt(143)], allowed=None), 1, 1).resubmit
+
+
+@pytest.mark.parametrize("doc", [doc for doc in EXIT_CODES if doc.code != 0], ids=lambda doc: doc.name)
+def test_exactly_the_exit_codes_the_table_retries_are_resubmitted(doc):
+    """The exit-code table decides: a retried code is resubmitted, any other never (64, 1, ...)."""
+    decision = submit_batch.resubmission(spot_worn(batch_attempt(doc.code, index=9)), resubmitted=0, limit=3)
+    assert decision.resubmit is doc.retried, decision.reason
+    if not doc.retried:
+        assert f"exit code {doc.code}, {doc.name}" in decision.reason
+
+
+@pytest.mark.parametrize("code", [64, 1])
+def test_a_user_error_or_a_bug_is_never_resubmitted_even_when_the_host_went_away(code):
+    decision = submit_batch.resubmission(spot_worn(batch_attempt(code, HOST_TERMINATED, index=9)), 0, 3)
+    assert not decision.resubmit and not decision.eligible
+    assert f"FAILED with exit code {code}" in decision.reason and "rerunning cannot fix it" in decision.reason
+
+
+def test_an_oom_kill_is_not_resubmitted():
+    oom = batch_attempt(137, "OutOfMemoryError: Container killed due to memory usage")
+    decision = submit_batch.resubmission(described_job([oom]), 0, 3)
+    assert not decision.resubmit and "exit code 137, KILLED, which is not retried" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "attempts",
+    [
+        # The attempt timeout: Batch sends SIGTERM (the job checkpoints and exits 143) and never retries it.
+        [batch_attempt(143, index=0), batch_attempt(143, "Job attempt duration exceeded timeout", index=1)],
+        # TerminateJob (e.g. CI cancelled): the container is stopped the same way, also never retried.
+        [batch_attempt(143, "Terminated by CI", index=0)],
+    ],
+)
+def test_a_job_batch_stopped_before_its_attempts_ran_out_is_not_resubmitted(attempts):
+    decision = submit_batch.resubmission(described_job(attempts, allowed=10), 0, 3)
+    assert not decision.resubmit and not decision.eligible
+    assert f"FAILED after {len(attempts)} of its 10 attempt(s), so Batch stopped it on purpose" in decision.reason
+
+
+def test_the_limit_counts_the_resubmissions_so_far():
+    job = spot_worn(batch_attempt(None, HOST_TERMINATED, index=9))
+    assert submit_batch.resubmission(job, resubmitted=1, limit=2).resubmit
+    used_up = submit_batch.resubmission(job, resubmitted=2, limit=2)
+    assert not used_up.resubmit and used_up.eligible and "--resubmit 2 is used up" in used_up.reason
+    default = submit_batch.resubmission(job, resubmitted=0, limit=0)
+    assert not default.resubmit and "--resubmit N would submit it again" in default.reason
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        described_job([batch_attempt(0)], status="SUCCEEDED"),
+        described_job([], statusReason="Dependent Job failed"),  # failed before any attempt ran
+    ],
+)
+def test_a_job_that_succeeded_or_never_ran_is_not_resubmitted(job):
+    assert not submit_batch.resubmission(job, 0, 5).resubmit
+
+
+class FakeBatchRuns:
+    """submit_job/describe_jobs for single jobs: the Nth job submitted is RUNNING once, then ends
+    as `endings[N]` describes it (a function of the job's name and id)."""
+
+    def __init__(self, endings):
+        self.endings = list(endings)
+        self.submitted: list[dict] = []
+        self.described: dict[str, list[dict]] = {}
+
+    def submit_job(self, **request):
+        self.submitted.append(valid(SUBMIT_JOB, request))
+        job_id = f"job-{len(self.submitted)}"
+        running = {"jobId": job_id, "jobName": request["jobName"], "status": "RUNNING"}
+        ending = self.endings[len(self.submitted) - 1](request["jobName"], job_id)
+        self.described[job_id] = [running, ending]
+        return {"jobId": job_id, "jobName": request["jobName"], "jobArn": f"arn:...:job/{job_id}"}
+
+    def describe_jobs(self, jobs):
+        return {
+            "jobs": [self.described[j].pop(0) if len(self.described[j]) > 1 else self.described[j][0] for j in jobs]
+        }
+
+
+def ended(last: dict | None):
+    """An ending for FakeBatchRuns: SUCCEEDED with None, else FAILED after 10 attempts, the last `last`."""
+
+    def ending(name, job_id):
+        job = spot_worn(last) if last else described_job([batch_attempt(0)], status="SUCCEEDED")
+        return {**job, "jobName": name, "jobId": job_id}
+
+    return ending
+
+
+def run_resubmitting(client, limit: int, request: dict | None = None):
+    request = request or batch_request(job_name="ft-long", attempts=10)
+    first = submit_batch.submit(client, request)
+    logged, announced = [], []
+    job = submit_batch.follow_and_resubmit(
+        request,
+        first,
+        describe=lambda i: submit_batch.describe_job(client, i),
+        submit=lambda r: submit_batch.submit(client, r),
+        limit=limit,
+        announce=announced.append,
+        sleep=lambda s: None,
+        log=logged.append,
+        poll_seconds=0,
+    )
+    return job, announced, logged
+
+
+def test_follow_and_resubmit_resumes_until_the_job_succeeds():
+    client = FakeBatchRuns(
+        [ended(batch_attempt(143, index=9)), ended(batch_attempt(None, HOST_TERMINATED)), ended(None)]
+    )
+    job, announced, logged = run_resubmitting(client, limit=3)
+    assert job["status"] == "SUCCEEDED" and job["jobId"] == "job-3"
+    original, *again = client.submitted
+    assert [r["jobName"] for r in again] == ["ft-long-r1", "ft-long-r2"]
+    assert all({**r, "jobName": "ft-long"} == original for r in again), "the same settings, queue and definition"
+    assert announced == ["job-2", "job-3"]
+    resubmitted = [line for line in logged if "Resubmitting" in line]
+    assert len(resubmitted) == 2
+    assert "ft-long (job-1) used all 10 of its 10 attempt(s); the last was interrupted (exit code 143" in resubmitted[0]
+    assert resubmitted[0].endswith(
+        f"{CONTAINER_EXITED}. Resubmitting it (1 of 3) with the same settings, to resume "
+        "from its newest durable checkpoint: submitted ft-long-r1 (job-2)"
+    )
+    assert "ft-long-r1 (job-2) used all 10 of its 10 attempt(s); the last lost its host" in resubmitted[1]
+    assert HOST_TERMINATED in resubmitted[1] and resubmitted[1].endswith("submitted ft-long-r2 (job-3)")
+
+
+def test_follow_and_resubmit_stops_at_the_limit_and_fails_as_before():
+    client = FakeBatchRuns([ended(batch_attempt(143, index=9))] * 3)
+    job, announced, logged = run_resubmitting(client, limit=1)
+    assert job["status"] == "FAILED" and announced == ["job-2"] and len(client.submitted) == 2
+    assert logged[-1].startswith("not resubmitted: Batch job ft-long-r1 (job-2) used all 10")
+    assert logged[-1].endswith("--resubmit 1 is used up (to resume from its newest durable checkpoint)")
+    assert isinstance(submit_batch.failure_error(job), WorldError)
+
+
+def test_follow_and_resubmit_never_resubmits_a_user_error():
+    client = FakeBatchRuns(
+        [lambda name, job_id: {**described_job([batch_attempt(64)]), "jobName": name, "jobId": job_id}]
+    )
+    job, announced, logged = run_resubmitting(client, limit=3)
+    assert announced == [] and len(client.submitted) == 1
+    assert "not resubmitted: Batch job ft-long (job-1) FAILED with exit code 64, USER_ERROR" in logged[-1]
+    assert isinstance(submit_batch.failure_error(job), UserError)
+
+
+def test_without_resubmit_a_job_out_of_attempts_says_how_to_resubmit_it():
+    client = FakeBatchRuns([ended(batch_attempt(143, index=9))])
+    job, announced, logged = run_resubmitting(client, limit=0)
+    assert announced == [] and job["status"] == "FAILED"
+    assert logged[-1].startswith("not resubmitted:") and "--resubmit N would submit it again" in logged[-1]
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--resubmit", "2"], "--resubmit needs --wait"),
+        (["--wait", "--resubmit", "-1"], "--resubmit must be 0"),
+        (["--wait", "--resubmit", "2", "--array-size", "3"], "--resubmit works with single jobs, not --array-size"),
+        (["--wait", "--resubmit", "10", "--job-name", "a" * 125], "is too long for --resubmit 10"),
+    ],
+)
+def test_bad_resubmit_flags_are_refused_before_anything_is_sent(argv, problem, capsys):
+    with pytest.raises(UserError, match=problem):
+        run_dry([*BATCH_ARGV, *argv], capsys)
+
+
+def test_resubmit_leaves_the_first_request_as_it_was(capsys):
+    assert run_dry([*BATCH_ARGV, "--wait", "--resubmit", "3"], capsys) == run_dry(BATCH_ARGV, capsys)
+
+
+def training_job(status: str, secondary: str, **extra) -> dict:
+    """A DescribeTrainingJob response for a managed spot job of sagemaker_request()'s shape."""
+    job = {
+        "TrainingJobName": "ft-spot",
+        "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/ft-spot",
+        "TrainingJobStatus": status,
+        "SecondaryStatus": secondary,
+        "StoppingCondition": {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400},
+        "EnableManagedSpotTraining": True,
+        "CheckpointConfig": {"S3Uri": "s3://my-bucket/jobs/ft-spot/checkpoints", "LocalPath": "/opt/ml/checkpoints"},
+        "TrainingTimeInSeconds": 6840,
+        "BillableTimeInSeconds": 2052,
+        "SecondaryStatusTransitions": [
+            {"Status": "Starting", "StatusMessage": "Preparing the instances for training"},
+            {"Status": "Training", "StatusMessage": "Training image download completed. Training in progress."},
+            {"Status": "Interrupted", "StatusMessage": "Training job interrupted because of spot instance termination"},
+            {"Status": "Starting", "StatusMessage": "Insufficient capacity error from EC2 while launching instances"},
+            {"Status": secondary, "StatusMessage": "The job stopped"},
+        ],
+    }
+    job.update(extra)
+    return job
+
+
+def test_sagemaker_max_wait_is_reported_as_the_binding_limit_with_how_to_raise_it():
+    error = submit_sagemaker.outcome_error(training_job("Stopped", "MaxWaitTimeExceeded"))
+    assert isinstance(error, WorldError)
+    message = str(error)
+    assert "ft-spot was stopped at MaxWait: MaxWaitTimeInSeconds (14400 s)" in message
+    assert "was the binding limit, not MaxRuntimeInSeconds (7200 s)" in message
+    assert "raise --max-wait-seconds (e.g. 28800; at most 2419200) or run on demand with --no-spot" in message
+    assert "--checkpoint-s3-uri s3://my-bucket/jobs/ft-spot/checkpoints and it resumes" in message
+
+
+def test_sagemaker_max_wait_at_the_ceiling_says_there_is_no_more_to_give():
+    ceiling = submit_sagemaker.MAX_RUNTIME_LIMIT_SECONDS
+    job = training_job(
+        "Stopped",
+        "MaxWaitTimeExceeded",
+        StoppingCondition={"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": ceiling},
+    )
+    message = str(submit_sagemaker.outcome_error(job))
+    assert "at SageMaker's ceiling" in message and "--no-spot" in message and "e.g." not in message
+
+
+def test_sagemaker_max_runtime_is_told_apart_from_max_wait():
+    message = str(submit_sagemaker.outcome_error(training_job("Stopped", "MaxRuntimeExceeded")))
+    assert "stopped at MaxRuntime: MaxRuntimeInSeconds (7200 s) was the binding limit" in message
+    assert "raise --max-runtime-seconds" in message and "MaxWait" not in message.split("(at most")[0]
+
+
+@pytest.mark.parametrize(
+    "reason, family",
+    [
+        ("AlgorithmError: , exit code: 64", UserError),
+        ("AlgorithmError: , exit code: 143", WorldError),
+        ("InternalServerError: We encountered an internal error. Please try again.", WorldError),
+    ],
+)
+def test_sagemaker_failures_map_to_the_two_families(reason, family):
+    error = submit_sagemaker.outcome_error(training_job("Failed", "Failed", FailureReason=reason))
+    assert type(error) is family and reason in str(error) and "MaxWait" not in str(error)
+
+
+def test_sagemaker_completed_is_no_error():
+    assert submit_sagemaker.outcome_error(training_job("Completed", "Completed")) is None
+
+
+def test_sagemaker_follow_logs_each_change_of_status_and_stops_at_the_end():
+    states = iter(
+        [
+            ("InProgress", "Starting"),
+            ("InProgress", "Training"),
+            ("InProgress", "Training"),
+            ("InProgress", "Interrupted"),
+            ("Stopping", "Stopping"),
+            ("Stopped", "MaxWaitTimeExceeded"),
+            ("never", "reached"),
+        ]
+    )
+    logged, slept = [], []
+    job = submit_sagemaker.follow(
+        lambda name: training_job(*next(states)), "ft-spot", sleep=slept.append, log=logged.append, poll_seconds=9
+    )
+    assert job["SecondaryStatus"] == "MaxWaitTimeExceeded"
+    assert logged == [
+        "ft-spot: InProgress (Starting)",
+        "ft-spot: InProgress (Training)",
+        "ft-spot: InProgress (Interrupted)",
+        "ft-spot: Stopping",
+        "ft-spot: Stopped (MaxWaitTimeExceeded)",
+    ]
+    assert slept == [9] * 5

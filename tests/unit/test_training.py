@@ -7,7 +7,7 @@ from entrypoint.job.callbacks import extra_callbacks
 from entrypoint.job.training import Hardware, hardware_problems, training_arguments
 
 CPU = Hardware(cuda=False, packages=frozenset())
-GPU = Hardware(cuda=True, packages=frozenset({"bitsandbytes", "deepspeed", "tensorboard"}))
+GPU = Hardware(cuda=True, packages=frozenset({"bitsandbytes", "deepspeed", "tensorboard", "mlflow", "wandb"}))
 
 
 def settings(**extra):
@@ -29,6 +29,8 @@ def settings(**extra):
         ({"ddp_backend": "nccl"}, "use gloo on CPU"),
         ({"deepspeed": "ds.json"}, "FT_DEEPSPEED needs the deepspeed package"),
         ({"report_to": ["tensorboard"]}, "FT_REPORT_TO=tensorboard needs the tensorboard package"),
+        ({"report_to": ["mlflow"]}, "FT_REPORT_TO=mlflow needs the mlflow package (pip install 'finetune[mlflow]')"),
+        ({"report_to": "wandb"}, "FT_REPORT_TO=wandb needs the wandb package (pip install 'finetune[wandb]')"),
     ],
 )
 def test_settings_the_hardware_cannot_run_get_a_clear_message(kwargs, fragment):
@@ -68,10 +70,12 @@ def test_hardware_problems_are_settings_errors(tmp_path):
         training_arguments(settings(fp16="true"), tmp_path, cuda=False, hw=CPU)
 
 
-def test_trainer_rejections_become_user_errors(tmp_path):
-    s = settings(eval_strategy="steps", save_strategy="epoch", load_best_model_at_end="true")
-    with pytest.raises(UserError, match="The Trainer rejected the settings"):
+def test_trainer_rejections_become_user_errors_naming_the_settings(tmp_path):
+    s = settings(eval_strategy="steps", eval_steps="10", save_steps="15", load_best_model_at_end="true")
+    with pytest.raises(UserError, match="The Trainer rejected the settings") as info:
         training_arguments(s, tmp_path, cuda=False, hw=CPU)
+    assert "FT_LOAD_BEST_MODEL_AT_END requires the saving steps" in str(info.value)  # not --load_best_model_at_end
+    assert "--" not in str(info.value)
 
 
 def test_seq2seq_only_settings_are_refused_for_other_tasks(tmp_path):

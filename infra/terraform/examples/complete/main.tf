@@ -69,6 +69,7 @@ module "iam" {
   name           = var.name
   bucket_arn     = module.storage.bucket_arn
   repository_arn = module.storage.repository_arn
+  secret_arns    = var.secret_arns
 }
 
 module "batch" {
@@ -91,6 +92,7 @@ module "batch" {
   extra_environment = {
     FT_NUM_TRAIN_EPOCHS = "1"
   }
+  secrets = var.secrets
 }
 
 module "ci" {

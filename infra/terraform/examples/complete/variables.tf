@@ -40,6 +40,18 @@ variable "vpc_cidr" {
   default     = "10.42.0.0/16"
 }
 
+variable "secrets" {
+  description = "Environment variables of the Batch job definitions filled from Secrets Manager or SSM, name to ARN, e.g. { HF_TOKEN = \"arn:aws:secretsmanager:...\" } (batch module's secrets)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "secret_arns" {
+  description = "ARNs of the secrets and parameters jobs name in FT_SECRETS, which the Batch job role and the SageMaker execution role may read (iam module's secret_arns)."
+  type        = list(string)
+  default     = []
+}
+
 variable "aws_endpoint_url" {
   description = "Send every AWS API call to this URL instead of AWS, e.g. a moto server in tests. Null talks to AWS."
   type        = string

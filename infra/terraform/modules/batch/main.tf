@@ -3,7 +3,24 @@ data "aws_region" "current" {}
 locals {
   retry_rules = jsondecode(file("${path.module}/retry_rules.json"))
 
+  # Batch's own secrets: the ECS agent reads them with the execution role before the container
+  # starts. IAM matches a secret's own ARN, without valueFrom's :json-key:version-stage:version-id.
+  secretsmanager_arns = distinct([
+    for v in values(var.secrets) : join(":", slice(split(":", v), 0, 7)) if try(split(":", v)[2], "") == "secretsmanager"
+  ])
+  ssm_parameter_arns = distinct([for v in values(var.secrets) : v if try(split(":", v)[2], "") == "ssm"])
+  # No keys at all without secrets (a list of none or one, expanded into merge: a conditional
+  # cannot choose between objects of different attributes).
+  secrets_container = [
+    for role in aws_iam_role.execution : {
+      executionRoleArn = role.arn
+      secrets          = [for k in sort(keys(var.secrets)) : { name = k, valueFrom = var.secrets[k] }]
+    }
+  ]
+
   ft_environment = merge(
+    # The job must have its stop checkpoint durable before the ECS agent's SIGKILL.
+    { FT_STOP_GRACE_SECONDS = tostring(var.stop_timeout_seconds) },
     var.extra_environment,
     {
       FT_MODEL          = var.model
@@ -15,7 +32,7 @@ locals {
   )
 
   # Sorted by name: Batch returns the list sorted, and any other order is a perpetual diff.
-  container = {
+  container = merge({
     image      = var.image
     jobRoleArn = var.job_role_arn
     environment = [
@@ -35,7 +52,7 @@ locals {
         "awslogs-stream-prefix" = var.name
       }
     }
-  }
+  }, local.secrets_container...)
 
   # Batch only accepts MIME multi-part user data in launch templates.
   user_data = <<-EOT
@@ -53,6 +70,55 @@ locals {
 
     --==BOUNDARY==--
   EOT
+}
+
+resource "aws_iam_role" "execution" {
+  count = length(var.secrets) == 0 ? 0 : 1
+
+  name = "${var.name}-batch-execution"
+  tags = var.tags
+
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "ecs-tasks.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+}
+
+# Exactly the secrets of the job definitions; the container itself never gets this role.
+resource "aws_iam_role_policy" "execution_secrets" {
+  count = length(var.secrets) == 0 ? 0 : 1
+
+  name = "read-secrets"
+  role = aws_iam_role.execution[0].id
+
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = concat(
+      length(local.secretsmanager_arns) == 0 ? [] : [{
+        Sid      = "ReadSecrets"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = local.secretsmanager_arns
+      }],
+      length(local.ssm_parameter_arns) == 0 ? [] : [{
+        Sid      = "ReadParameters"
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameters"]
+        Resource = local.ssm_parameter_arns
+      }],
+      length(var.secrets_kms_key_arns) == 0 ? [] : [{
+        Sid       = "DecryptSecrets"
+        Effect    = "Allow"
+        Action    = ["kms:Decrypt"]
+        Resource  = var.secrets_kms_key_arns
+        Condition = { StringLike = { "kms:ViaService" = ["secretsmanager.*.amazonaws.com", "ssm.*.amazonaws.com"] } }
+      }],
+    )
+  })
 }
 
 resource "aws_cloudwatch_log_group" "this" {
@@ -189,6 +255,13 @@ resource "aws_batch_job_definition" "this" {
   propagate_tags        = true
   container_properties  = jsonencode(local.container)
   tags                  = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = length(setintersection(keys(var.secrets), keys(var.extra_environment))) == 0
+      error_message = "A variable is either in secrets or in extra_environment, not both."
+    }
+  }
 
   retry_strategy {
     attempts = var.retry_attempts

@@ -57,3 +57,8 @@ output "retry_rules" {
   description = "The evaluate_on_exit rules of both job definitions, as read from retry_rules.json."
   value       = local.retry_rules
 }
+
+output "execution_role_arn" {
+  description = "ARN of the execution role with which ECS reads the job definitions' secrets; null without secrets."
+  value       = one(aws_iam_role.execution[*].arn)
+}

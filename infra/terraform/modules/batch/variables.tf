@@ -44,7 +44,7 @@ variable "root_volume_size_gib" {
 }
 
 variable "stop_timeout_seconds" {
-  description = "Seconds the ECS agent waits between SIGTERM and SIGKILL, for the final checkpoint upload. Spot gives a 2-minute notice, so stay below 120."
+  description = "Seconds the ECS agent waits between SIGTERM and SIGKILL, for the final checkpoint upload (the job gets it as FT_STOP_GRACE_SECONDS). Spot gives a 2-minute notice, so stay below 120."
   type        = number
   default     = 110
 }
@@ -150,6 +150,36 @@ variable "extra_environment" {
     condition     = alltrue([for k in keys(var.extra_environment) : startswith(k, "FT_")])
     error_message = "Every key of extra_environment must start with FT_, the prefix of finetune's settings."
   }
+
+  # The names entrypoint/config/sensitive.py calls secret, as settings can be named.
+  validation {
+    condition = alltrue([
+      for k in keys(var.extra_environment) :
+      !can(regex("(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?|APIKEY|API_KEY|PRIVATE_KEY)(_|$)", upper(k)))
+    ])
+    error_message = "extra_environment is stored in the job definition, where DescribeJobDefinitions shows it: pass secrets with the secrets variable (or FT_SECRETS), not as a setting."
+  }
+}
+
+variable "secrets" {
+  description = "Environment variables the job definitions fill from AWS Secrets Manager or SSM Parameter Store (containerProperties.secrets): a map of variable name to the ARN of a secret (optionally ending in :json-key:version-stage:version-id) or a parameter, e.g. { HF_TOKEN = \"arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-token-AbCdEf\" }. ECS reads them before the container starts, with an execution role this module creates that may read exactly these ARNs; DescribeJobDefinitions shows the ARNs only."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for k, v in var.secrets :
+      can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k)) && !startswith(upper(k), "AWS_") &&
+      can(regex("^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[^:]+(:[^:]*){0,3}|ssm:[a-z0-9-]+:[0-9]{12}:parameter/.+)$", v))
+    ])
+    error_message = "Each key of secrets must be an environment variable name (not AWS_*: the job's credentials come from its role), each value the ARN of a Secrets Manager secret or an SSM parameter."
+  }
+}
+
+variable "secrets_kms_key_arns" {
+  description = "ARNs of customer-managed KMS keys that encrypt the secrets: the execution role may decrypt with them through Secrets Manager and SSM only. Empty for AWS-managed keys."
+  type        = list(string)
+  default     = []
 }
 
 variable "multinode_num_nodes" {

@@ -67,6 +67,15 @@ locals {
     SMOKE_TRAIN_DATA     = var.smoke_job.train_data
     SMOKE_OUTPUT_PREFIX  = trimsuffix(var.smoke_job.output_prefix, "/")
   })
+  # `finetune check` runs in the build before the smoke job: it reads the model and the data and
+  # writes (then deletes) a probe object under the output prefix. {name: [bucket, key prefix]}.
+  smoke_s3 = var.smoke_job == null ? {} : {
+    for name, uri in {
+      model  = var.smoke_job.model
+      data   = var.smoke_job.train_data
+      output = var.smoke_job.output_prefix
+    } : name => regex("^s3://([^/]+)/?(.*)$", uri)
+  }
 }
 
 # `finetune submit batch --image`: describe the job definition, register a revision of it with the
@@ -106,6 +115,24 @@ resource "aws_iam_role_policy" "smoke" {
         Effect   = "Allow"
         Action   = ["batch:DescribeJobDefinitions", "batch:DescribeJobs"]
         Resource = ["*"]
+      },
+      {
+        Sid      = "CheckSmokeJobInputs"
+        Effect   = "Allow"
+        Action   = ["s3:GetObject"]
+        Resource = [for name in ["model", "data"] : "arn:aws:s3:::${local.smoke_s3[name][0]}/${local.smoke_s3[name][1]}*"]
+      },
+      {
+        Sid      = "ListSmokeJobBuckets"
+        Effect   = "Allow"
+        Action   = ["s3:ListBucket"]
+        Resource = distinct([for loc in values(local.smoke_s3) : "arn:aws:s3:::${loc[0]}"])
+      },
+      {
+        Sid      = "ProbeSmokeJobOutput"
+        Effect   = "Allow"
+        Action   = ["s3:PutObject", "s3:DeleteObject", "s3:GetObject"]
+        Resource = ["arn:aws:s3:::${local.smoke_s3.output[0]}/${local.smoke_s3.output[1]}*"]
       },
       {
         Sid       = "PassSmokeJobRole"

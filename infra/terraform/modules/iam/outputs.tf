@@ -8,7 +8,7 @@ output "instance_profile_arn" {
   value       = aws_iam_instance_profile.instance.arn
 
   # Batch must not create or delete compute environments while the hosts lack their policy.
-  depends_on = [aws_iam_role_policy_attachment.instance_ecs]
+  depends_on = [aws_iam_role_policy.instance_ecs]
 }
 
 output "instance_role_name" {

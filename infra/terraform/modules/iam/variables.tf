@@ -31,8 +31,28 @@ variable "write_prefixes" {
 }
 
 variable "repository_arn" {
-  description = "ARN of the ECR repository the SageMaker execution role pulls the image from."
+  description = "ARN of the ECR repository of the image: the SageMaker execution role and the Batch hosts pull from it, and from no other."
   type        = string
+}
+
+variable "secret_arns" {
+  description = "ARNs of the Secrets Manager secrets and SSM parameters that jobs name in FT_SECRETS (read by the job with its own role): the Batch job role and the SageMaker execution role may read exactly these. Give a secret's full ARN, with its 6-character suffix."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for a in var.secret_arns :
+      can(regex("^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[^:]+(:[^:]*){0,3}|ssm:[a-z0-9-]+:[0-9]{12}:parameter/.+)$", a))
+    ])
+    error_message = "Each of secret_arns must be the ARN of a Secrets Manager secret (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME) or an SSM parameter (arn:aws:ssm:REGION:ACCOUNT:parameter/NAME)."
+  }
+}
+
+variable "secret_kms_key_arns" {
+  description = "ARNs of customer-managed KMS keys that encrypt those secrets: the job roles may decrypt with them through Secrets Manager and SSM only. Empty for AWS-managed keys."
+  type        = list(string)
+  default     = []
 }
 
 variable "tags" {

@@ -131,6 +131,89 @@ run "iam_scopes_s3_to_prefixes" {
     )
     error_message = "The SageMaker role must have the same S3 scoping as the Batch job role."
   }
+
+  assert {
+    condition     = length(aws_iam_role_policy.job_secrets) == 0 && !strcontains(aws_iam_role_policy.sagemaker.policy, "secretsmanager")
+    error_message = "Without secret_arns no role may read secrets."
+  }
+
+  assert {
+    condition = {
+      for s in jsondecode(aws_iam_role_policy.instance_ecs.policy).Statement : s.Sid => s.Resource if s.Sid != "EcsAgent" && s.Sid != "EcsAgentTagsItsInstance"
+      } == {
+      EcsAgentReadsTags = [
+        "arn:aws:ecs:us-east-1:123456789012:task/*/*",
+        "arn:aws:ecs:us-east-1:123456789012:container-instance/*/*",
+      ]
+      EcrLogin      = ["*"]
+      PullImage     = ["arn:aws:ecr:us-east-1:123456789012:repository/finetune"]
+      ContainerLogs = ["arn:aws:logs:us-east-1:123456789012:log-group:/aws/batch/*"]
+    }
+    error_message = "The Batch hosts (and through IMDS their containers) may pull only the project's image and log only to Batch's log groups."
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_role_policy.instance_ecs.policy).Statement :
+      alltrue([for a in s.Action : startswith(a, "ecs:") || contains(["ec2:DescribeTags", "ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "logs:CreateLogStream", "logs:PutLogEvents"], a)])
+      && !contains(s.Action, "ecs:CreateCluster")
+    ])
+    error_message = "The instance role holds only what the ECS agent needs, and not ecs:CreateCluster."
+  }
+}
+
+run "iam_roles_read_exactly_the_ft_secrets_arns" {
+  command = apply
+
+  module {
+    source = "../../modules/iam"
+  }
+
+  variables {
+    name = "finetune"
+    secret_arns = [
+      "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-token-AbCdEf",
+      "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-keys-GhIjKl:wandb::",
+      "arn:aws:ssm:us-east-1:123456789012:parameter/team/db-password",
+    ]
+    secret_kms_key_arns = ["arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"]
+  }
+
+  assert {
+    condition = {
+      for s in jsondecode(aws_iam_role_policy.job_secrets[0].policy).Statement : s.Sid => [s.Action, s.Resource]
+      } == {
+      ReadJobSecrets = [["secretsmanager:GetSecretValue"], [
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-token-AbCdEf",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-keys-GhIjKl",
+      ]]
+      ReadJobParameters = [["ssm:GetParameter"], ["arn:aws:ssm:us-east-1:123456789012:parameter/team/db-password"]]
+      DecryptJobSecrets = [["kms:Decrypt"], ["arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"]]
+    }
+    error_message = "The Batch job role must read exactly the FT_SECRETS ARNs (a secret's own ARN, without a JSON key), and decrypt with the given keys."
+  }
+
+  assert {
+    condition = jsonencode(jsondecode(aws_iam_role_policy.job_secrets[0].policy).Statement) == jsonencode(
+      slice(jsondecode(aws_iam_role_policy.sagemaker.policy).Statement, 3, 6)
+    )
+    error_message = "The SageMaker execution role must read the same secrets as the Batch job role."
+  }
+}
+
+run "iam_rejects_what_is_no_secret_arn" {
+  command = plan
+
+  module {
+    source = "../../modules/iam"
+  }
+
+  variables {
+    name        = "finetune"
+    secret_arns = ["hf_not_an_arn"]
+  }
+
+  expect_failures = [var.secret_arns]
 }
 
 run "batch_spot_first_with_retry_table" {
@@ -213,8 +296,10 @@ run "batch_spot_first_with_retry_table" {
       FT_OUTPUT_URI       = "s3://finetune-test/outputs/run1/"
       FT_CHECKPOINT_URI   = "s3://finetune-test/checkpoints/run1/"
       FT_NUM_TRAIN_EPOCHS = "3"
+      # the ECS stop timeout (stop_timeout_seconds), so the job knows its time after SIGTERM
+      FT_STOP_GRACE_SECONDS = "110"
     }
-    error_message = "The job definition must pass the FT_* settings, and FT_EVAL_DATA only when set."
+    error_message = "The job definition must pass the FT_* settings, the stop grace, and FT_EVAL_DATA only when set."
   }
 
   assert {
@@ -233,6 +318,105 @@ run "batch_spot_first_with_retry_table" {
     )
     error_message = "The multi-node job definition must run the same container on 2 nodes with the same retry rules."
   }
+
+  assert {
+    condition = (
+      length(aws_iam_role.execution) == 0 &&
+      !contains(keys(jsondecode(aws_batch_job_definition.this.container_properties)), "secrets") &&
+      !contains(keys(jsondecode(aws_batch_job_definition.this.container_properties)), "executionRoleArn")
+    )
+    error_message = "Without secrets the module creates no execution role and the job definition has neither."
+  }
+}
+
+run "batch_secrets_come_from_the_job_definition_with_an_execution_role" {
+  command = apply
+
+  module {
+    source = "../../modules/batch"
+  }
+
+  variables {
+    name                 = "finetune"
+    subnet_ids           = ["subnet-1"]
+    security_group_ids   = ["sg-1"]
+    instance_profile_arn = "arn:aws:iam::123456789012:instance-profile/finetune"
+    service_role_arn     = "arn:aws:iam::123456789012:role/finetune-batch-service"
+    job_role_arn         = "arn:aws:iam::123456789012:role/finetune-batch-job"
+    image                = "123456789012.dkr.ecr.us-east-1.amazonaws.com/finetune:abc123"
+    model                = "s3://finetune-test/models/minilm/"
+    train_data           = "s3://finetune-test/data/train.jsonl"
+    output_uri           = "s3://finetune-test/outputs/run1/"
+    checkpoint_uri       = "s3://finetune-test/checkpoints/run1/"
+    secrets = {
+      WANDB_API_KEY = "arn:aws:ssm:us-east-1:123456789012:parameter/team/wandb-key"
+      HF_TOKEN      = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-keys-GhIjKl:hf::"
+    }
+  }
+
+  override_resource {
+    target = aws_iam_role.execution
+    values = { arn = "arn:aws:iam::123456789012:role/finetune-batch-execution" }
+  }
+
+  assert {
+    condition = [for c in [jsondecode(aws_batch_job_definition.this.container_properties), jsondecode(aws_batch_job_definition.multinode.node_properties).nodeRangeProperties[0].container] : [c.executionRoleArn, c.secrets]] == [for i in range(2) : [
+      "arn:aws:iam::123456789012:role/finetune-batch-execution",
+      [
+        { name = "HF_TOKEN", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-keys-GhIjKl:hf::" },
+        { name = "WANDB_API_KEY", valueFrom = "arn:aws:ssm:us-east-1:123456789012:parameter/team/wandb-key" },
+      ],
+    ]]
+    error_message = "Both job definitions must take the secrets by ARN, sorted by name, with the execution role."
+  }
+
+  assert {
+    condition = !anytrue([
+      for e in jsondecode(aws_batch_job_definition.this.container_properties).environment : contains(["HF_TOKEN", "WANDB_API_KEY"], e.name)
+    ])
+    error_message = "Secrets must not also be in the plain environment."
+  }
+
+  assert {
+    condition = {
+      for s in jsondecode(aws_iam_role_policy.execution_secrets[0].policy).Statement : s.Sid => [s.Action, s.Resource]
+      } == {
+      ReadSecrets    = [["secretsmanager:GetSecretValue"], ["arn:aws:secretsmanager:us-east-1:123456789012:secret:team-keys-GhIjKl"]]
+      ReadParameters = [["ssm:GetParameters"], ["arn:aws:ssm:us-east-1:123456789012:parameter/team/wandb-key"]]
+    }
+    error_message = "The execution role must read exactly the secrets' ARNs and nothing else."
+  }
+
+  assert {
+    condition     = jsondecode(aws_iam_role.execution[0].assume_role_policy).Statement[0].Principal.Service == "ecs-tasks.amazonaws.com"
+    error_message = "The execution role is assumed by ECS (the agent), not by the container."
+  }
+}
+
+run "batch_refuses_secrets_as_plain_settings" {
+  command = plan
+
+  module {
+    source = "../../modules/batch"
+  }
+
+  variables {
+    name                 = "finetune"
+    subnet_ids           = ["subnet-1"]
+    security_group_ids   = ["sg-1"]
+    instance_profile_arn = "arn:aws:iam::123456789012:instance-profile/finetune"
+    service_role_arn     = "arn:aws:iam::123456789012:role/finetune-batch-service"
+    job_role_arn         = "arn:aws:iam::123456789012:role/finetune-batch-job"
+    image                = "finetune:abc123"
+    model                = "s3://finetune-test/models/minilm/"
+    train_data           = "s3://finetune-test/data/train.jsonl"
+    output_uri           = "s3://finetune-test/outputs/run1/"
+    checkpoint_uri       = "s3://finetune-test/checkpoints/run1/"
+    extra_environment    = { FT_HUB_TOKEN = "hf_planted", FT_AVERAGE_TOKENS_ACROSS_DEVICES = "true" }
+    secrets              = { HF_TOKEN = "hf_planted", AWS_SESSION_TOKEN = "arn:aws:ssm:us-east-1:123456789012:parameter/x" }
+  }
+
+  expect_failures = [var.extra_environment, var.secrets]
 }
 
 run "batch_rejects_non_ft_settings" {
@@ -326,8 +510,15 @@ run "ci_smoke_job_permissions_are_scoped" {
       ]
       FollowSmokeJob   = ["*"]
       PassSmokeJobRole = ["arn:aws:iam::123456789012:role/finetune-batch-job"]
+      # `finetune check` before the smoke job: read the model and data, probe the output prefix
+      CheckSmokeJobInputs = [
+        "arn:aws:s3:::finetune-test/models/minilm/*",
+        "arn:aws:s3:::finetune-test/data/sst2/train.jsonl*",
+      ]
+      ListSmokeJobBuckets = ["arn:aws:s3:::finetune-test"]
+      ProbeSmokeJobOutput = ["arn:aws:s3:::finetune-test/outputs/smoke/*"]
     }
-    error_message = "Smoke job permissions must be scoped to the queue, the definition's revisions and the job role; only the Describe calls get \"*\"."
+    error_message = "Smoke job permissions must be scoped to the queue, the definition's revisions, the job role and the smoke job's S3 prefixes; only the Describe calls get \"*\"."
   }
 
   assert {
