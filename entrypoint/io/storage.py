@@ -25,6 +25,7 @@ import botocore.exceptions
 
 from entrypoint.errors import UserError, WorldError
 from entrypoint.io import aws
+from entrypoint.io.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -303,18 +304,42 @@ def read_file(uri: str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def download_many(store: Store, keys: Iterable[str], dest: Path, strip: str = "", concurrency: int = 8) -> list[Path]:
-    """Download `keys` (each minus the leading `strip`) under `dest`, several at a time."""
+def download_many(
+    store: Store,
+    keys: Iterable[str],
+    dest: Path,
+    strip: str = "",
+    concurrency: int = 8,
+    sizes: Mapping[str, int] | None = None,
+) -> list[Path]:
+    """Download `keys` (each minus the leading `strip`) under `dest`, several at a time; with the
+    keys' `sizes`, the progress is told as it goes (progress.Progress)."""
     jobs = [(key, safe_destination(dest, key[len(strip) :])) for key in keys]
+    told = Progress(f"downloading {store.uri}{strip}", sum((sizes or {}).get(k, 0) for k, _ in jobs))
+
+    def one(job: tuple[str, Path]) -> None:
+        store.download_file(*job)
+        told.add((sizes or {}).get(job[0], 0))
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(lambda job: store.download_file(*job), jobs))
+        list(pool.map(one, jobs))
+    if sizes:
+        told.finish()
     return [path for _, path in jobs]
 
 
 def upload_many(store: Store, files: dict[str, Path], concurrency: int = 8) -> None:
-    """Upload {key: local path}, several at a time; the first failure is raised."""
+    """Upload {key: local path}, several at a time, telling the progress; the first failure is raised."""
+    sizes = {key: path.stat().st_size for key, path in files.items()}
+    told = Progress(f"uploading to {store.uri}", sum(sizes.values()))
+
+    def one(item: tuple[str, Path]) -> None:
+        store.upload_file(item[1], item[0])
+        told.add(sizes[item[0]])
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(lambda item: store.upload_file(item[1], item[0]), files.items()))
+        list(pool.map(one, files.items()))
+    told.finish()
 
 
 def fetch(uri: str, dest: Path, concurrency: int = 8, label: str = "download") -> Path:
@@ -342,7 +367,8 @@ def fetch(uri: str, dest: Path, concurrency: int = 8, label: str = "download") -
         remove_all_but(dest, reused)
         missing = [rel for rel in wanted if rel not in reused]
         try:
-            download_many(store, [strip + rel for rel in missing], dest, strip=strip, concurrency=concurrency)
+            sizes = {strip + rel: int(wanted[rel]["size"]) for rel in missing}
+            download_many(store, list(sizes), dest, strip=strip, concurrency=concurrency, sizes=sizes)
         except UserError as exc:  # e.g. AccessDenied: the listing may be allowed and the reading not
             raise UserError(f"{label}: {exc}") from exc
         write_index(dest, uri, wanted)  # only now is the whole folder vouched for

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -165,3 +168,49 @@ def precision(bf16: bool | None, fp16: bool | None) -> dict[str, bool]:
             return {"bf16": True, "fp16": False}
         return {"bf16": False, "fp16": True}
     return {"bf16": False, "fp16": False}
+
+
+@contextlib.contextmanager
+def one_line_load_report(uri: str) -> Iterator[None]:
+    """transformers 5 logs a table for every model it loads (its LOAD REPORT: missing, unexpected
+    and mismatched weights); the job logs the one fact that matters instead: which weights are new."""
+    import transformers.utils.logging as hf_logging
+
+    reports: dict[int, str] = {}  # one record reaches each handler: keep it once
+
+    def keep(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            reports[id(record)] = record.getMessage()
+            return False
+        return True
+
+    loggers = [hf_logging.get_logger(), logging.getLogger()]
+    handlers = {h for logger in loggers for h in logger.handlers}
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
+    for report in reports.values():
+        log.info("%s", load_report_line(report, uri))
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # transformers sets the title in bold on a terminal
+
+
+def load_report_line(report: str, uri: str) -> str:
+    """One line from a LOAD REPORT table: the model class and the weights by status (pure)."""
+    lines = ANSI.sub("", report).splitlines()
+    title = lines[0].split("LOAD REPORT")[0].strip().split()[-1] if lines and lines[0].strip() else "model"
+    by_status: dict[str, list[str]] = {}
+    for line in lines:
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) >= 2 and cells[1].isupper() and cells[0] and cells[0] != "Key" and not cells[0].startswith("-"):
+            by_status.setdefault(cells[1], []).append(cells[0])
+    if not by_status:
+        return f"loaded {title} from {uri}"
+    words = {"MISSING": "newly initialised (trained from scratch)", "UNEXPECTED": "not used"}
+    parts = [f"{words.get(k, k.lower())}: {', '.join(v)}" for k, v in sorted(by_status.items())]
+    return f"loaded {title} from {uri}; " + "; ".join(parts)

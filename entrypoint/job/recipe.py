@@ -180,7 +180,8 @@ class TrainingJob:
 
     def _setup_model(self) -> None:
         settings, task, info = self.settings, self.task, self.prepared.info
-        model = task.load_model(self.model_dir, settings.model, info, settings, self.args.seed)
+        with modeling.one_line_load_report(settings.model):
+            model = task.load_model(self.model_dir, settings.model, info, settings, self.args.seed)
         if self.model_source is not None:  # recorded in the published config.json
             model.config.finetune_base_model = self.model_source.record()
         self.model = adapters.apply(model, settings)
