@@ -30,7 +30,8 @@ def refs(**arns: str) -> dict[str, sensitive.SecretReference]:
 def stored(aws_env):
     """A Secrets Manager secret (a string and a JSON one) and an SSM SecureString on moto: ARNs."""
     name = uuid.uuid4().hex[:8]
-    sm, ssm = boto3.client("secretsmanager"), boto3.client("ssm")
+    region = {"region_name": aws_env["AWS_DEFAULT_REGION"]}  # not the default session: a test before may have made it
+    sm, ssm = boto3.client("secretsmanager", **region), boto3.client("ssm", **region)
     plain = sm.create_secret(Name=f"hf-{name}", SecretString=VALUE)["ARN"]
     as_json = sm.create_secret(Name=f"keys-{name}", SecretString=json.dumps({"wandb": "wandb-PLANTED-8"}))["ARN"]
     ssm.put_parameter(Name=f"/ft/{name}/db", Value="db-PLANTED-value-9", Type="SecureString")
