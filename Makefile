@@ -31,7 +31,8 @@ demo: install
 # space, submit requests, storage). CI runs it before the tests.
 TYPED := entrypoint/errors.py entrypoint/reporting.py entrypoint/config entrypoint/durability/manifests.py \
 	entrypoint/durability/attempts.py entrypoint/durability/accounting.py entrypoint/parallel/launch.py \
-	entrypoint/tune/space.py entrypoint/submit entrypoint/io
+	entrypoint/tune/space.py entrypoint/submit entrypoint/io entrypoint/durability/deadline.py \
+	entrypoint/parallel/cpus.py entrypoint/job/gpu_defaults.py entrypoint/tasks/lengths.py
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

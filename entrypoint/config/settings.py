@@ -113,6 +113,15 @@ class JobSettings(BaseSettings):
     packing: bool = Field(
         False, description="causal-lm plain text: pack short examples into full FT_MAX_LENGTH blocks."
     )
+    padding_free: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description=(
+            "causal-lm: put each batch's examples end to end in one row, with position ids restarting at every "
+            "example, instead of padding them (no cross-example attention, no padding computed). `auto`: on when the "
+            "batch holds more than one example, FT_PACKING is off and a probe of the model shows flattened examples "
+            "stay apart; else padding, with the reason logged."
+        ),
+    )
     source_column: str = Field("source", description="seq2seq: the input text column.")
     target_column: str = Field("target", description="seq2seq: the output text column.")
     lora_r: int | None = Field(
@@ -129,6 +138,25 @@ class JobSettings(BaseSettings):
     )
     load_in_4bit: bool = Field(
         False, description="QLoRA: load the base model in 4 bits (bitsandbytes, CUDA only); needs FT_LORA_R."
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = (
+        Field(
+            None,
+            description=(
+                "The model's attention implementation (from_pretrained's attn_implementation). Default: "
+                "transformers' (SDPA where the model has it); on an Ampere or newer GPU with the flash_attn package "
+                "and bf16/fp16, flash_attention_2 (see FT_GPU_DEFAULTS)."
+            ),
+        )
+    )
+    gpu_defaults: bool = Field(
+        True,
+        description=(
+            "On a CUDA GPU, for settings left unset: bf16 (Ampere or newer), fused AdamW, TF32 (Ampere or newer), "
+            "pinned memory, persistent data-loader workers (with workers), FlashAttention-2 where flash_attn is "
+            "installed. Each is logged with the setting that turns it off; false turns them all off (fp32, the "
+            "Trainer's own defaults). No effect on CPU."
+        ),
     )
     merge_adapter: bool = Field(
         False,
@@ -199,6 +227,13 @@ class JobSettings(BaseSettings):
             "can run code: only for repositories you trust."
         ),
     )
+    eval_sort_by_length: bool = Field(
+        True,
+        description=(
+            "Evaluate in batches sorted by length, longest first (less padding; FT_TASK=sequence-classification, "
+            "whose metrics do not depend on the batches). false: in the data's order."
+        ),
+    )
     preprocessing_num_workers: int | None = Field(
         None,
         gt=0,
@@ -228,8 +263,8 @@ class JobSettings(BaseSettings):
         description=(
             "Seconds the platform leaves between a stop request (SIGTERM, spot notice) and killing the job: the stop "
             "checkpoint must be durable a little before, else the job exits 75 naming the newest durable one. "
-            "Default: SageMaker 120; AWS Batch 30 (ECS's default stop timeout; the Terraform module passes its own); "
-            "else 30."
+            "Default: the time a spot notice gives; else SageMaker 120; AWS Batch 30 (ECS's default stop timeout; the "
+            "Terraform module passes its own); else 30. Set, it also wins over the spot notice's time."
         ),
     )
     upload_timeout_seconds: float = Field(
@@ -238,6 +273,23 @@ class JobSettings(BaseSettings):
         description=(
             "Longest time one checkpoint upload, or the wait for the last uploads when training ends, may take "
             "before it counts as stalled (at the end: exit 75, naming the newest durable checkpoint)."
+        ),
+    )
+    stop_checkpoint: Literal["auto", "always"] = Field(
+        "auto",
+        description=(
+            "`auto`: after a stop request, a checkpoint that cannot be durable before the platform's kill at the "
+            "upload rate measured so far is not started (the upload in flight is finished instead, and the job exits "
+            "143 with the newest durable step; an older upload in flight is abandoned when the stop checkpoint can "
+            "make it only without it). `always`: the stop checkpoint is always tried."
+        ),
+    )
+    assumed_upload_mb_per_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "The checkpoint upload rate (MB/s) assumed for planning a stop checkpoint before this attempt has "
+            "measured one (FT_STOP_CHECKPOINT=auto). Unset: before the first upload a stop checkpoint is always tried."
         ),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
@@ -257,6 +309,13 @@ class JobSettings(BaseSettings):
             "logged or written; see Secrets."
         ),
     )
+
+    @field_validator("padding_free", mode="before")
+    @classmethod
+    def _tri_state(cls, value):
+        if isinstance(value, bool):  # a JSON boolean from hyperparameters.json or a config file
+            return str(value).lower()
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod

@@ -103,7 +103,11 @@ TRAINER_FIELDS: dict[str, Decision] = {
     "do_predict": refused("has no effect on the Trainer", "remove it"),
     # -- length and batch ----------------------------------------------------------------------
     "per_device_train_batch_size": allowed("a positive integer", **POSITIVE),
-    "per_device_eval_batch_size": allowed("a positive integer", **POSITIVE),
+    "per_device_eval_batch_size": adjusted(
+        "default twice FT_PER_DEVICE_TRAIN_BATCH_SIZE for sequence-classification (evaluation keeps no gradients, "
+        "and a prediction does not depend on its batch); the Trainer's 8 for the other tasks",
+        **POSITIVE,
+    ),
     "num_train_epochs": allowed("positive", **POSITIVE),
     "max_steps": allowed("positive, or -1 (the Trainer's 'unset': FT_NUM_TRAIN_EPOCHS decides)", gt=0, unset=-1),
     "gradient_accumulation_steps": allowed("a positive integer", **POSITIVE),
@@ -127,11 +131,18 @@ TRAINER_FIELDS: dict[str, Decision] = {
     "average_tokens_across_devices": allowed(),
     "neftune_noise_alpha": allowed("positive", **POSITIVE),
     # -- precision and speed -------------------------------------------------------------------
-    "bf16": adjusted("default chosen by the hardware: bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU"),
-    "fp16": adjusted("default chosen by the hardware (see FT_BF16); FT_FP16=true needs CUDA (checked)"),
+    "bf16": adjusted(
+        "default true on CUDA GPUs with bf16 (Ampere or newer; FT_GPU_DEFAULTS), else fp32; false turns it off"
+    ),
+    "fp16": adjusted(
+        "default false: fp16 (a loss scaler, a risk of divergence) only when set; FT_FP16=true needs CUDA (checked)"
+    ),
     "bf16_full_eval": allowed(),
     "fp16_full_eval": allowed(),
-    "tf32": allowed("needs an Ampere or newer GPU (the Trainer refuses it otherwise, before any download)"),
+    "tf32": adjusted(
+        "default true on Ampere or newer GPUs (FT_GPU_DEFAULTS); true needs one (the Trainer refuses it otherwise, "
+        "before any download)"
+    ),
     "activation_checkpointing": allowed(),
     "activation_checkpointing_kwargs": allowed("a JSON object", value="json"),
     "gradient_checkpointing": allowed("the Trainer's deprecated alias of activation_checkpointing"),
@@ -255,15 +266,21 @@ TRAINER_FIELDS: dict[str, Decision] = {
     "hub_private_repo": allowed("also decides whether a Trackio Space is private"),
     # -- data loading --------------------------------------------------------------------------
     "dataloader_drop_last": allowed(),
-    "dataloader_num_workers": allowed("0 or more", **NON_NEGATIVE),
+    "dataloader_num_workers": adjusted(
+        "default sized to the job's CPU budget: 0 on CPU, on CUDA up to 4 per process (docs/operations.md); 0 or more",
+        **NON_NEGATIVE,
+    ),
     "dataloader_pin_memory": adjusted("default: on CUDA only (pinning on CPU only warns)"),
-    "dataloader_persistent_workers": allowed(),
+    "dataloader_persistent_workers": adjusted("default true on CUDA with data-loader workers (FT_GPU_DEFAULTS)"),
     "dataloader_prefetch_factor": allowed("positive, with FT_DATALOADER_NUM_WORKERS", **POSITIVE),
     "dataloader_multiprocessing_context": allowed(),
     "dataloader_in_order": allowed(),
     "remove_unused_columns": allowed(),
     "label_names": allowed(),
-    "train_sampling_strategy": allowed(),
+    "train_sampling_strategy": adjusted(
+        "default group_by_length for sequence-classification, seq2seq and masked-lm (batches of similar length: "
+        "less padding), drawn from (seed, epoch) so a resumed job sees the same batches; `random` turns it off"
+    ),
     "length_column_name": allowed(),
     # -- distributed ---------------------------------------------------------------------------
     "accelerator_config": allowed("JSON, or a JSON file that exists on this machine (checked)", value="json-or-path"),

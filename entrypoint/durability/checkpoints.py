@@ -21,6 +21,7 @@ from entrypoint.durability.manifests import (
     checkpoints_from,
     group,
     local_name,
+    needed_by,
     sha256,
     store_name,
     to_delete,
@@ -42,6 +43,7 @@ class UploadRequest:
     generation: int
     keep_last: int
     best_step: int | None
+    part: bool = False  # one machine's part of a job on several: its files uploaded, nothing committed
 
 
 def identity(path: Path) -> tuple[int, int, int, int]:
@@ -123,40 +125,60 @@ def _fetch_verified(store: storage.Store, name: str, folder: Path, expected: dic
     return rel if sha256(path) != expected[rel]["sha256"] else None
 
 
-def restore(store: storage.Store, scratch: Path, concurrency: int = 8) -> tuple[int, Path] | None:
-    """Download the newest complete checkpoint that verifies into `scratch`; (step, folder) or None."""
-    checkpoints = scan(store)
-    for cp in checkpoints:
-        if not cp.complete:
+def fetch(
+    store: storage.Store, cp: Checkpoint, scratch: Path, concurrency: int = 8, ranks: tuple[int, ...] | None = None
+) -> Path | None:
+    """Download complete checkpoint `cp` into `scratch`, verified; its folder, or None (with a
+    warning) when it is corrupt or was deleted meanwhile. Given `ranks` (the world ranks of this
+    machine's processes), the files of other machines' processes are left out."""
+    folder = scratch / local_name(cp.step)
+    shutil.rmtree(folder, ignore_errors=True)
+    expected = {rel: meta for rel, meta in cp.manifest["files"].items() if needed_by(rel, ranks)}
+    fetch_one = functools.partial(_fetch_verified, store, cp.name, folder, expected)
+    needed = sum(int(meta.get("size", 0)) for meta in expected.values())
+    try:
+        with (
+            disk.room_for(folder, f"downloading checkpoint {cp.name}", needed),
+            concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool,
+        ):
+            bad = [rel for rel in pool.map(fetch_one, expected) if rel]
+    except disk.DiskFull:
+        raise
+    except UserError as exc:  # NoSuchKey: deleted since the listing (another attempt's retention)?
+        if matches_store(store, cp.name, cp.manifest):
+            raise  # still there: the error is about access, not a vanished checkpoint
+        log.warning("skipping checkpoint %s: it was deleted while it was being downloaded (%s)", cp.name, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    if bad:
+        log.warning("skipping checkpoint %s: checksum mismatch in %s", cp.name, ", ".join(bad))
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    log.info("restored checkpoint %s (step %d) from %s", cp.name, cp.step, store.uri)
+    return folder
+
+
+def complete(store: storage.Store) -> list[Checkpoint]:
+    """The complete checkpoints in `store`, newest first (the incomplete ones named in a warning)."""
+    found = []
+    for cp in scan(store):
+        if cp.complete:
+            found.append(cp)
+        else:
             log.warning(
                 "skipping checkpoint %s: incomplete (no manifest, or files missing or of the wrong size)", cp.name
             )
-            continue
-        folder = scratch / local_name(cp.step)
-        shutil.rmtree(folder, ignore_errors=True)
-        expected = cp.manifest["files"]
-        fetch = functools.partial(_fetch_verified, store, cp.name, folder, expected)
-        needed = sum(int(meta.get("size", 0)) for meta in expected.values())
-        try:
-            with (
-                disk.room_for(folder, f"downloading checkpoint {cp.name}", needed),
-                concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool,
-            ):
-                bad = [rel for rel in pool.map(fetch, expected) if rel]
-        except disk.DiskFull:
-            raise
-        except UserError as exc:  # NoSuchKey: deleted since the listing (another attempt's retention)?
-            if matches_store(store, cp.name, cp.manifest):
-                raise  # still there: the error is about access, not a vanished checkpoint
-            log.warning("skipping checkpoint %s: it was deleted while it was being downloaded (%s)", cp.name, exc)
-            shutil.rmtree(folder, ignore_errors=True)
-            continue
-        if bad:
-            log.warning("skipping checkpoint %s: checksum mismatch in %s", cp.name, ", ".join(bad))
-            shutil.rmtree(folder, ignore_errors=True)
-            continue
-        log.info("restored checkpoint %s (step %d) from %s", cp.name, cp.step, store.uri)
-        return cp.step, folder
+    return found
+
+
+def restore(
+    store: storage.Store, scratch: Path, concurrency: int = 8, ranks: tuple[int, ...] | None = None
+) -> tuple[int, Path] | None:
+    """Download the newest complete checkpoint that verifies into `scratch`; (step, folder) or None."""
+    for cp in complete(store):
+        folder = fetch(store, cp, scratch, concurrency, ranks)
+        if folder is not None:
+            return cp.step, folder
     return None
 
 
@@ -171,6 +193,7 @@ class Uploaded:
     removed: tuple[str, ...] = ()
     superseded: bool = False
     already: bool = False  # this step was committed by an earlier upload of this attempt: nothing sent
+    files: dict | None = None  # a part's files, {rel: {size, sha256}}, for the commit (UploadRequest.part)
 
 
 def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[str, dict | None]) -> Uploaded:
@@ -180,23 +203,31 @@ def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[
     A step is committed once: a second save of it (the Trainer saves a step twice when a stop lands
     on an epoch's end) sends nothing, since its files would replace those under the first manifest.
     The checkpoint counts as durable only if the manifest at the store describes the files there."""
-    folder, step, generation, keep_last, best_step = (
-        request.folder,
-        request.step,
-        request.generation,
-        request.keep_last,
-        request.best_step,
-    )
-    concurrency = request.concurrency
+    folder, step, generation, concurrency = request.folder, request.step, request.generation, request.concurrency
     started = time.monotonic()
     name = store_name(step, generation)
+    if request.part:  # one machine's files; world rank 0 commits them all (commit)
+        files = upload_hashed(store, folder, name, step, generation, concurrency)["files"]
+        size = sum(meta["size"] for meta in files.values())
+        return Uploaded(step, size, time.monotonic() - started, files=files)
     committed = read_manifest(store, name)
     if committed is not None:
         if not matches_store(store, name, committed):
             raise WorldError(f"checkpoint {name} at {store.uri} has a manifest that its files do not match")
         log.info("checkpoint %d was already committed as %s: this save of the same step is not uploaded", step, name)
         return Uploaded(step, durable_at=time.monotonic(), already=True)
-    manifest = upload_hashed(store, folder, name, step, generation, concurrency)
+    files = upload_hashed(store, folder, name, step, generation, concurrency)["files"]
+    return commit(store, request, files, cache, started)
+
+
+def commit(
+    store: storage.Store, request: UploadRequest, files: dict, cache: dict[str, dict | None], started: float
+) -> Uploaded:
+    """Write the manifest of checkpoint `request.step` listing `files` (uploaded already, by this
+    machine or by every machine of the job) unless a newer attempt took over the store; then retention."""
+    step, generation, keep_last, best_step = request.step, request.generation, request.keep_last, request.best_step
+    name = store_name(step, generation)
+    manifest = {"format": FORMAT, "step": step, "generation": generation, "created_unix": time.time(), "files": files}
     if newest_generation(store) > generation:
         return Uploaded(step, superseded=True)
     if not store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), if_absent=True):

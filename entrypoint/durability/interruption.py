@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
+from entrypoint.durability import deadline
+from entrypoint.durability.deadline import STOP_MARGIN_S  # noqa: F401 (the margin kept before the kill)
 from entrypoint.errors import ExitCode, Interrupted
 
 log = logging.getLogger(__name__)
@@ -21,9 +23,6 @@ DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 IMDS_TOKEN_TTL_S = 21600
 IMDS_TIMEOUT_S = 1.0
 IMDS_FAILURES_BEFORE_WARNING = 3
-# Kept from the platform's grace after a stop request (at most this, or a quarter of it), to report
-# and exit before the kill: a training process's interpreter takes seconds to shut down.
-STOP_MARGIN_S = 10.0
 
 
 class StopRequest:
@@ -34,13 +33,15 @@ class StopRequest:
         self.reason: str | None = None
         self.signal: int | None = None
         self.requested_at: float | None = None  # time.monotonic()
+        self.deadline_at: float | None = None  # time.monotonic() of the kill, when the request said it (spot notice)
         self.count = 0
 
-    def request(self, reason: str, signum: int | None = None) -> None:
+    def request(self, reason: str, signum: int | None = None, deadline_at: float | None = None) -> None:
         # Called from a signal handler: assignments only, no I/O, no locks.
         self.count += 1
         if not self._event.is_set():
             self.reason, self.signal, self.requested_at = reason, signum, time.monotonic()
+            self.deadline_at = deadline_at
             self._event.set()
 
     def is_set(self) -> bool:
@@ -134,8 +135,10 @@ class SpotNoticePoller(threading.Thread):
                     log.debug("instance metadata service still not answering (%s)", exc)
                 continue
             if notice:
-                log.warning("spot interruption notice: %s", notice)
-                self.stop_request.request("spot-interruption-notice")
+                kill = deadline.notice_kill_at(notice, time.time(), time.monotonic())
+                left = f"the instance goes in {kill - time.monotonic():.0f} s" if kill else "no time in it"
+                log.warning("spot interruption notice: %s (%s)", notice, left)
+                self.stop_request.request("spot-interruption-notice", deadline_at=kill)
                 return
 
 
@@ -144,28 +147,97 @@ def alone(flags: list[bool]) -> list[bool]:
     return flags
 
 
+class StopCheckpointPlan:
+    """The main process's plan for a stop checkpoint (deadline.plan_stop_checkpoint), from what its
+    uploads measured so far: skip one that cannot be durable before the deadline, and abandon the
+    older upload in flight when the stop checkpoint can make it only without it."""
+
+    def __init__(
+        self,
+        sync,
+        stop_deadline: Callable[[], float | None],
+        assumed_mb_per_s: float | None = None,
+        checkpoint_bytes: Callable[[], int | None] = lambda: None,
+    ):
+        self.sync = sync  # durability.sync.CheckpointSync
+        self.stop_deadline = stop_deadline
+        self.assumed_mb_per_s = assumed_mb_per_s  # FT_ASSUMED_UPLOAD_MB_PER_S, before any measurement
+        self.checkpoint_bytes = checkpoint_bytes  # the size of a checkpoint before any upload (a restored one)
+
+    def __call__(self, step: int) -> deadline.Decision:
+        stats, now = self.sync.stats, time.monotonic()
+        size = stats.bytes // stats.uploads if stats.uploads else self.checkpoint_bytes()
+        rate = stats.mb_per_s or self.assumed_mb_per_s
+        flight = deadline.in_flight_left_s(now, stats.in_flight_since, size, rate)
+        decision = deadline.plan_stop_checkpoint(now, self.stop_deadline(), size, rate, flight)
+        if not decision.save:
+            durable = stats.durable_step
+            newest = f"step {durable}" if durable is not None else "none of this attempt's"
+            log.warning(
+                "stop checkpoint at step %d skipped: %s; the newest durable checkpoint is %s "
+                "(FT_STOP_CHECKPOINT=always saves it anyway)",
+                step,
+                decision.reason,
+                newest,
+            )
+        elif decision.cancel_in_flight:
+            flying = stats.in_flight_step
+            if self.sync.cancel_in_flight():
+                log.warning(
+                    "upload of checkpoint %s abandoned for the stop checkpoint at step %d: %s",
+                    flying,
+                    step,
+                    decision.reason,
+                )
+        return decision
+
+
 class StopOnRequest(TrainerCallback):
     """At the first optimizer-step boundary after a stop request: save a checkpoint and stop.
 
     With several processes, `agree` (an all-reduce MAX, distributed.all_max) runs at every step
     boundary, so a request seen by any process, and a stop decided by the main process alone
     (a superseded attempt; earlier callbacks), stops them all at the same step, and they save
-    that checkpoint together. Callbacks that set should_training_stop go before this one."""
+    that checkpoint together. Callbacks that set should_training_stop go before this one.
 
-    def __init__(self, stop: StopRequest, agree: Callable[[list[bool]], list[bool]] = alone):
+    `plan` (the main process's StopCheckpointPlan) may decide that the stop checkpoint cannot be
+    durable before the platform's kill: then no process saves it, and they stop all the same."""
+
+    def __init__(
+        self,
+        stop: StopRequest,
+        agree: Callable[[list[bool]], list[bool]] = alone,
+        plan: Callable[[int], deadline.Decision] | None = None,
+    ):
         self.stop = stop
         self.agree = agree
+        self.plan = plan
         self.stopped_at_step: int | None = None
+        self.skipped_step: int | None = None  # the stop checkpoint not saved: it could not be durable in time
 
     def on_step_end(self, args, state, control, **kwargs):
         requested, stopping = self.agree([self.stop.is_set(), bool(control.should_training_stop)])
         if requested and self.stopped_at_step is None:
             self.stopped_at_step = state.global_step
             reason = self.stop.reason or "another process's stop request"
-            log.warning("stop requested (%s): saving a checkpoint at step %d, then stopping", reason, state.global_step)
-            control.should_save = True
+            decision = self.plan(state.global_step) if self.plan is not None else None
+            # Every process reaches this step's stop together: one more agreement, on the main process's plan.
+            (skip,) = self.agree([decision is not None and not decision.save])
+            if skip:
+                self.skipped_step = state.global_step
+                log.warning("stop requested (%s): stopping at step %d without a checkpoint", reason, state.global_step)
+            else:
+                log.warning(
+                    "stop requested (%s): saving a checkpoint at step %d, then stopping", reason, state.global_step
+                )
+            control.should_save = not skip
             stopping = True
         control.should_training_stop = stopping
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.global_step == self.skipped_step:  # the Trainer would save at the early end of the epoch
+            control.should_save = False
         return control
 
 
@@ -194,15 +266,19 @@ def check_stop(stop: StopRequest, where: str, agree: Callable[[list[bool]], list
         raise error
 
 
-def stop_deadline(stop: StopRequest, grace_s: float) -> float | None:
-    """By when (time.monotonic()) the stop checkpoint must be durable: the platform kills the job
-    `grace_s` after the stop request; a margin is kept to report and exit. None without a request."""
+def stop_deadline(stop: StopRequest, grace_s: float, grace_overridden: bool = False) -> float | None:
+    """By when (time.monotonic()) the stop checkpoint must be durable: the platform kills the job at
+    the spot notice's time, else `grace_s` after the stop request (an explicit FT_STOP_GRACE_SECONDS,
+    `grace_overridden`, wins over the notice); a margin is kept to report and exit. None without a request."""
     if stop.requested_at is None:
         return None
-    return stop.requested_at + grace_s - min(STOP_MARGIN_S, grace_s / 4)
+    kill = deadline.kill_at(stop.requested_at, stop.deadline_at, grace_s, grace_overridden)
+    return deadline.durable_by(stop.requested_at, kill)
 
 
-def raise_interrupted(stop: StopRequest, figures: dict) -> None:
+def raise_interrupted(stop: StopRequest, figures: dict, skipped: bool = False) -> None:
+    """End an interrupted attempt (143, or 130 after SIGINT), saying what the stop cost."""
     if figures["steps_lost"]:
-        log.error("the stop checkpoint did not become durable: %d step(s) will be redone", figures["steps_lost"])
+        why = "was skipped: it could not be durable before the kill" if skipped else "did not become durable"
+        log.error("the stop checkpoint %s: %d step(s) will be redone", why, figures["steps_lost"])
     raise stop.interrupted()

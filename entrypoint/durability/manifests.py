@@ -7,6 +7,11 @@ Layout at FT_CHECKPOINT_URI:
     checkpoint-000000050-g0001/finetune-manifest.json   size + sha256 of every file, written last
 A checkpoint is complete only when its manifest exists and every listed file has the listed size;
 its checksums are verified after download. Anything else is skipped with a warning, never loaded.
+
+A job on several machines writes one checkpoint from all of them: each machine uploads the files its
+processes wrote (its ranks' RNG states, optimizer shards), and world rank 0 commits one manifest
+listing every machine's files once all of them have reported theirs (see sync.py). A machine's
+part that never arrived leaves the checkpoint without a manifest: incomplete.
 """
 
 from __future__ import annotations
@@ -89,6 +94,35 @@ def to_delete(
     doomed = [c for c in complete if c.name not in keep]
     doomed += [c for c in checkpoints if not c.complete and (c.step, c.generation) < (newest.step, newest.generation)]
     return [c for c in doomed if generation is None or c.generation <= generation]
+
+
+# Files that belong to one process of a job, by world rank: the Trainer's RNG state of each process,
+# DeepSpeed ZeRO's optimizer partitions. Every other file is shared by all processes.
+RANK_FILE_RE = re.compile(r"(?:^|/)(?:rng_state_(\d+)\.pth|(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt)$")
+
+
+def rank_of(rel: str) -> int | None:
+    """The world rank a checkpoint file belongs to, or None for a file every process reads."""
+    match = RANK_FILE_RE.search(rel)
+    return None if match is None else int(match.group(1) or match.group(2))
+
+
+def needed_by(rel: str, ranks: tuple[int, ...] | None) -> bool:
+    """Whether a machine whose processes have world ranks `ranks` needs `rel` to resume (None: all files)."""
+    rank = rank_of(rel)
+    return ranks is None or rank is None or rank in ranks
+
+
+def merge_parts(parts: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """One manifest's files from each machine's part ({node: {rel: {size, sha256}}}). A file two
+    machines both wrote (FT_SAVE_ON_EACH_NODE) must be the same file; ValueError otherwise."""
+    merged: dict[str, dict] = {}
+    for node in sorted(parts):
+        for rel, entry in parts[node].items():
+            if rel in merged and merged[rel] != entry:
+                raise ValueError(f"{rel} differs between the machines' parts (node {node} and an earlier one)")
+            merged[rel] = entry
+    return merged
 
 
 def sha256(path: Path) -> str:

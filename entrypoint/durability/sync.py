@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from entrypoint.durability.checkpoints import UploadRequest, upload_checkpoint
-from entrypoint.durability.manifests import local_name, store_name
+from entrypoint.durability.checkpoints import UploadRequest, commit, upload_checkpoint
+from entrypoint.durability.manifests import local_name, merge_parts, store_name
 from entrypoint.errors import FinetuneError, WorldError
 from entrypoint.io import storage
 
@@ -39,6 +39,14 @@ class SyncStats:
     seconds: float = 0.0
     durable_step: int | None = None
     durable_at: float | None = None  # time.monotonic() when durable_step became durable
+    in_flight_step: int | None = None  # the checkpoint being uploaded now, since in_flight_since (monotonic)
+    in_flight_since: float | None = None
+
+    def count(self, size: int, seconds: float) -> None:
+        """One upload of `size` bytes that took `seconds`."""
+        self.uploads += 1
+        self.bytes += size
+        self.seconds += seconds
 
     @property
     def mb_per_s(self) -> float | None:
@@ -54,6 +62,11 @@ class CheckpointSync:
     the newest is uploaded. A failed upload is logged and the next checkpoint is tried; retention
     runs only after a newer checkpoint is complete. An upload in the upload process that takes
     longer than `upload_timeout_s` counts as stalled: that process is stopped and the upload failed.
+
+    On a job of several machines (`nodes` > 1) each machine's first process has one: it uploads the
+    files this machine wrote as its part of the checkpoint, and reports the part (or its failure)
+    through `take_reports`; world rank 0's (`node` 0) waits for every other machine's report, handed
+    to it with `deliver` (see share_parts), and only then commits one manifest listing them all.
     """
 
     def __init__(
@@ -65,6 +78,8 @@ class CheckpointSync:
         concurrency: int = 8,
         uploader=None,
         upload_timeout_s: float | None = None,
+        node: int = 0,
+        nodes: int = 1,
     ):
         self.store = store
         self.staging = staging
@@ -80,7 +95,11 @@ class CheckpointSync:
         self._closed = threading.Event()
         self._lock = threading.Condition()
         self._manifests: dict[str, dict | None] = {}
+        self.node, self.nodes = node, nodes
+        self._parts: dict[int, dict[int, dict]] = {}  # world rank 0: {step: {node: report}}
+        self._reports: list[dict] = []  # another machine: its parts' reports, until taken
         self._worker = uploader
+        self._cancelled_step: int | None = None
         self._thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
         self._thread.start()
 
@@ -136,6 +155,18 @@ class CheckpointSync:
             "complete checkpoint there"
         )
 
+    def cancel_in_flight(self) -> bool:
+        """Abandon the upload in flight for a newer checkpoint (a stop checkpoint that could not be
+        durable in time after it): the upload process is stopped, the abandoned checkpoint's manifest
+        is never committed (it stays incomplete, never loaded), and later uploads go from this
+        process. False when there is nothing to abandon or no upload process to stop."""
+        step = self.stats.in_flight_step
+        if step is None or self._worker is None or not getattr(self._worker, "alive", False):
+            return False
+        self._cancelled_step = step
+        self._worker.close()  # returns once the upload in flight has seen it (within upload_process.POLL_S)
+        return True
+
     def close(self) -> None:
         """Stop the upload process (after `wait()` or `drain()`); an upload still in flight is
         abandoned, and nothing queued is uploaded any more."""
@@ -155,12 +186,18 @@ class CheckpointSync:
             for step, _, dest, _ in older:
                 log.info("checkpoint %d superseded by %d before upload: skipped", step, newest[0])
                 shutil.rmtree(dest, ignore_errors=True)
+                self._report(step, error=f"node {self.node} skipped it for the newer checkpoint {newest[0]}")
             step, _, dest, best_step = newest
             try:
                 if not self._closed.is_set():
+                    self.stats.in_flight_step, self.stats.in_flight_since = step, time.monotonic()
                     self._upload(step, dest, best_step)
             except Exception as exc:
+                if step == self._cancelled_step:  # cancel_in_flight: its manifest is never committed
+                    log.warning("upload of checkpoint %d abandoned for a newer one (%s)", step, exc)
+                    continue
                 self.stats.failures += 1
+                self._report(step, error=f"node {self.node}: {exc}")
                 if self._closed.is_set():  # the job gave up waiting (drain's deadline) and is ending
                     log.warning("upload of checkpoint %d abandoned (%s)", step, exc)
                     continue
@@ -171,6 +208,7 @@ class CheckpointSync:
                     exc_info=not isinstance(exc, FinetuneError),
                 )
             finally:
+                self.stats.in_flight_step = self.stats.in_flight_since = None
                 shutil.rmtree(dest, ignore_errors=True)
                 with self._lock:
                     self._pending -= len(items)
@@ -180,13 +218,28 @@ class CheckpointSync:
         if self.superseded:
             return
         request = UploadRequest(
-            self.store.uri, self.concurrency, folder, step, self.generation, self.keep_last, best_step
+            self.store.uri, self.concurrency, folder, step, self.generation, self.keep_last, best_step, self.nodes > 1
         )
+        started = time.monotonic()
         done = self._worker.upload(request, self.upload_timeout_s) if self._worker is not None else None
         if done is None:  # no upload process, or it died: upload from here
             if self._closed.is_set():
                 return
             done = upload_checkpoint(self.store, request, self._manifests)
+        if request.part and self.node > 0:  # this machine's part: world rank 0 commits it
+            self._report(step, files=done.files)
+            self.stats.count(done.bytes, done.seconds)
+            log.info(
+                "checkpoint %d: this machine's part (node %d, %.1f MB) uploaded in %.1f s; world rank 0 commits it",
+                step,
+                self.node,
+                done.bytes / 1e6,
+                done.seconds,
+            )
+            return
+        if request.part:  # world rank 0: every machine's part, then one manifest for them all
+            assert done.files is not None
+            done = commit(self.store, request, self._await_parts(step, done.files), self._manifests, started)
         if done.durable_at is not None and not (done.already and self.stats.durable_step == step):
             self.stats.durable_step = step
             self.stats.durable_at = done.durable_at
@@ -195,9 +248,7 @@ class CheckpointSync:
             raise WorldError(f"a newer attempt of this job writes to {self.store.uri}; this attempt stops writing")
         if done.already:
             return
-        self.stats.uploads += 1
-        self.stats.bytes += done.bytes
-        self.stats.seconds += done.seconds
+        self.stats.count(done.bytes, done.seconds)
         log.info(
             "checkpoint %d durable at %s%s (%.1f MB in %.1f s)",
             step,
@@ -208,3 +259,67 @@ class CheckpointSync:
         )
         if done.removed:
             log.info("retention removed %s", ", ".join(done.removed))
+
+    # -- a job on several machines ------------------------------------------------------------
+
+    def _report(self, step: int, files: dict | None = None, error: str | None = None) -> None:
+        """Another machine's part of checkpoint `step`: uploaded (its files) or not (why)."""
+        if self.nodes > 1 and self.node > 0:
+            with self._lock:
+                self._reports.append({"step": step, "node": self.node, "files": files, "error": error})
+
+    def take_reports(self) -> list[dict]:
+        """The reports of this machine's parts since the last call (see share_parts)."""
+        with self._lock:
+            reports, self._reports = self._reports, []
+        return reports
+
+    def deliver(self, report: dict) -> None:
+        """World rank 0: another machine's report of its part of a checkpoint."""
+        with self._lock:
+            self._parts.setdefault(report["step"], {})[report["node"]] = report
+            self._lock.notify_all()
+
+    def _await_parts(self, step: int, own: dict) -> dict:
+        """The files of checkpoint `step` from every machine, once each has reported its part;
+        WorldError when one failed, or did not report within FT_UPLOAD_TIMEOUT_SECONDS."""
+        timeout_s = self.upload_timeout_s if self.upload_timeout_s is not None else float("inf")
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                got = self._parts.get(step, {})
+                failed = [r["error"] for r in got.values() if r.get("error")]
+                missing = sorted(set(range(1, self.nodes)) - set(got))
+                if failed:
+                    raise WorldError(f"checkpoint {step} is not committed: {failed[0]}")
+                if not missing:
+                    break
+                if self._closed.is_set():
+                    raise WorldError(f"checkpoint {step} is not committed: the job is ending")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorldError(
+                        f"checkpoint {step} is not committed: node(s) {missing} did not report their part within "
+                        f"{timeout_s:.0f} s (FT_UPLOAD_TIMEOUT_SECONDS)"
+                    )
+                self._lock.wait(min(left, 0.5))
+            for older in [s for s in self._parts if s <= step]:
+                del self._parts[older]
+        try:
+            return merge_parts({0: own, **{node: report["files"] for node, report in got.items()}})
+        except ValueError as exc:
+            raise WorldError(f"checkpoint {step} is not committed: {exc}") from None
+
+
+def share_parts(sync: CheckpointSync | None, nodes: int) -> None:
+    """Hand the reports of the other machines' parts to world rank 0's CheckpointSync. Every process
+    calls it at the same point (a step's end, the end of training): one small all-reduce when no
+    machine has news, an all-gather of the reports when one has."""
+    if nodes == 1:
+        return
+    from entrypoint.parallel import collectives
+
+    mine = sync.take_reports() if sync is not None and sync.node > 0 else []
+    for report in collectives.gather_if_any(mine):
+        if sync is not None and sync.node == 0:
+            sync.deliver(report)

@@ -11,7 +11,8 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 
 from entrypoint import reporting
 from entrypoint.config.settings import JobSettings
-from entrypoint.durability.sync import CheckpointSync
+from entrypoint.durability import deadline
+from entrypoint.durability.sync import CheckpointSync, share_parts
 from entrypoint.errors import FinetuneError
 from entrypoint.io import storage
 from entrypoint.parallel import collectives
@@ -73,19 +74,23 @@ class SyncTensorBoard(TrainerCallback):
 
 
 class SyncCheckpoints(TrainerCallback):
-    """Hands every saved checkpoint to the background uploader; stops a superseded attempt."""
+    """Hands every saved checkpoint to the background uploader (each machine's first process has
+    one); on several machines, hands the machines' finished parts to world rank 0 at each step's
+    end; stops a superseded attempt."""
 
-    def __init__(self, sync: CheckpointSync | None):
+    def __init__(self, sync: CheckpointSync | None, nodes: int = 1):
         self.sync = sync
+        self.nodes = nodes
 
     def on_save(self, args, state, control, **kwargs):
-        if self.sync is not None and state.is_world_process_zero:
+        if self.sync is not None and state.is_local_process_zero:
             best = state.best_model_checkpoint
             best_step = int(best.rsplit("-", 1)[-1]) if best else None
             self.sync.submit(state.global_step, Path(args.output_dir) / f"checkpoint-{state.global_step}", best_step)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        share_parts(self.sync, self.nodes)
         if self.sync is not None and self.sync.superseded:
             control.should_training_stop = True
         return control
@@ -123,10 +128,14 @@ class SaveOncePerStep(TrainerCallback):
 
 class MetricLines(TrainerCallback):
     """Every Trainer log entry as a `[metrics] name=value ...` line (SageMaker metric regexes),
-    with the percent done and the time left (progress_pct, eta_s) on training lines."""
+    with the percent done and the time left (progress_pct, eta_s) on training lines, and the age of
+    the newest durable checkpoint (durable_age_s, given the main process's `sync`): a warning when
+    it grows to several save intervals (uploads fall behind the saves)."""
 
-    def __init__(self):
+    def __init__(self, sync: CheckpointSync | None = None):
         self.start: tuple[float, int] | None = None  # (time, step) when this attempt began training
+        self.sync = sync
+        self._warned_age = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = (time.monotonic(), state.global_step)
@@ -142,8 +151,30 @@ class MetricLines(TrainerCallback):
                         state.global_step, state.max_steps, state.global_step - first_step, time.monotonic() - started
                     )
                 )
+                values.update(self._exposure(args, state.global_step - first_step, time.monotonic() - started))
             print(reporting.format_metrics(values), flush=True)
         return control
+
+    def _exposure(self, args, steps_done: int, elapsed_s: float) -> dict[str, float]:
+        """durable_age_s: at most the training a preemption now would lose (none before a durable checkpoint)."""
+        durable_at = self.sync.stats.durable_at if self.sync is not None else None
+        if durable_at is None:
+            return {}
+        age = time.monotonic() - durable_at
+        every = args.save_steps if getattr(args, "save_strategy", None) == "steps" else None
+        interval = every * elapsed_s / steps_done if every and every >= 1 and steps_done > 0 else None
+        if not self._warned_age and deadline.exposed(age, interval):
+            self._warned_age = True  # once per attempt
+            log.warning(
+                "the newest durable checkpoint (step %s) is %.0f s old, more than %.0f save intervals (~%.0f s each): "
+                "checkpoint uploads fall behind (see upload_mb_per_s and checkpoint_upload_failures); a preemption "
+                "now would lose that much training",
+                self.sync.stats.durable_step,
+                age,
+                deadline.EXPOSURE_INTERVALS,
+                interval,
+            )
+        return {"durable_age_s": round(age, 1)}
 
 
 class RunClock(TrainerCallback):

@@ -137,9 +137,12 @@ def load_tokenizer(folder: Path, uri: str):
 
 
 def model_kwargs(settings) -> dict:
-    """Extra from_pretrained arguments: the 4-bit base of QLoRA (FT_LOAD_IN_4BIT), GPU only."""
+    """Extra from_pretrained arguments: FT_ATTN_IMPLEMENTATION, and the 4-bit base of QLoRA
+    (FT_LOAD_IN_4BIT), GPU only."""
+    attention = getattr(settings, "attn_implementation", None)
+    kwargs = {"attn_implementation": attention} if attention else {}
     if not getattr(settings, "load_in_4bit", False):
-        return {}
+        return kwargs
     if not torch.cuda.is_available():
         raise UserError(
             "FT_LOAD_IN_4BIT (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no GPU. "
@@ -153,21 +156,62 @@ def model_kwargs(settings) -> dict:
 
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {
+        **kwargs,
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
-        )
+        ),
     }
 
 
+def attention_reason(
+    implementation: str | None, supports_sdpa: bool, flash_installed: bool, requested: str | None = None
+) -> str:
+    """Which attention implementation a loaded model runs, and why (pure: see log_attention)."""
+    if requested and implementation == requested:
+        return f"{implementation}: FT_ATTN_IMPLEMENTATION asks for it"
+    flash = (
+        "flash_attention_2 is installed but runs only when asked for"
+        if flash_installed
+        else "flash_attention_2 not installed"
+    )
+    if implementation == "sdpa":
+        return f"sdpa: transformers' default where the model and torch support it; {flash}"
+    if implementation == "eager" and not supports_sdpa:
+        return "eager: this architecture has no sdpa implementation in transformers"
+    if implementation:
+        return f"{implementation}: as the model's config asks"
+    return "unknown: the model does not say"
+
+
+def log_attention(model, requested: str | None = None) -> str:
+    """Log (and return) the attention implementation `model` runs and why (`requested`: the
+    setting's value, if any)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    line = attention_reason(
+        getattr(model.config, "_attn_implementation", None),
+        bool(getattr(model, "_supports_sdpa", False)),
+        is_flash_attn_2_available(),
+        requested,
+    )
+    log.info("attention: %s", line)
+    return line
+
+
 def precision(bf16: bool | None, fp16: bool | None) -> dict[str, bool]:
-    """bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU; explicit settings win."""
-    if bf16 is not None or fp16 is not None:
-        return {"bf16": bool(bf16), "fp16": bool(fp16)}
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return {"bf16": True, "fp16": False}
-        return {"bf16": False, "fp16": True}
-    return {"bf16": False, "fp16": False}
+    """The precision the user set, else fp32; on a GPU, gpu_defaults may then choose bf16."""
+    return {"bf16": bool(bf16), "fp16": bool(fp16)}
+
+
+def use_attention(model, implementation: str) -> str | None:
+    """Switch a loaded model to an attention implementation where it has it; the one it then uses."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current != implementation:
+        try:
+            model.set_attn_implementation(implementation)
+        except (ValueError, ImportError, AttributeError) as exc:  # the model (or this machine) lacks it
+            log.info("attention stays %s: %s", current, exc)
+    return getattr(model.config, "_attn_implementation", None)
 
 
 @contextlib.contextmanager

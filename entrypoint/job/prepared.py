@@ -48,6 +48,7 @@ NOT_PREPROCESSING = frozenset(
         "train_data",
         "eval_data",
         "mlm_probability",  # masks are drawn per batch by the collator
+        "padding_free",  # how the collator lays out a batch
         "lora_r",
         "lora_alpha",
         "lora_dropout",

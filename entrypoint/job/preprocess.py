@@ -1,18 +1,18 @@
 """Tokenization helpers shared by the tasks: truncation to FT_MAX_LENGTH and no padding here (the
 collators pad each batch to its own longest example, which keeps short-text batches cheap); how
-many processes tokenize (from the CPU quota); progress lines for long runs."""
+many processes tokenize (from the job's CPU budget, parallel/cpus.py); progress lines for long runs."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
+
+from entrypoint.parallel.cpus import tokenize_cpus
 
 log = logging.getLogger(__name__)
 
@@ -31,34 +31,6 @@ ROWS_PER_WORKER = 20_000
 PROGRESS_INTERVAL_S = 30.0
 
 
-def cpu_quota(affinity: int, cpu_max: str | None = None, cfs: tuple[int, int] | None = None) -> int:
-    """The CPUs a process may use: its CPU affinity, capped by a cgroup quota (v2 `cpu.max`, e.g.
-    '200000 100000' for two CPUs or 'max 100000' for none; or v1's (quota, period) in µs)."""
-    limit = float(affinity)
-    if cpu_max:
-        quota, _, period = cpu_max.strip().partition(" ")
-        if quota != "max" and period:
-            limit = min(limit, int(quota) / int(period))
-    elif cfs and cfs[0] > 0 and cfs[1] > 0:
-        limit = min(limit, cfs[0] / cfs[1])
-    return max(1, int(limit))
-
-
-def available_cpus() -> int:
-    """cpu_quota for this process (containers on AWS Batch and SageMaker have a cgroup quota)."""
-    affinity = len(os.sched_getaffinity(0))
-    try:
-        return cpu_quota(affinity, Path("/sys/fs/cgroup/cpu.max").read_text())
-    except OSError:
-        pass
-    try:
-        v1 = Path("/sys/fs/cgroup/cpu")
-        cfs = (int((v1 / "cpu.cfs_quota_us").read_text()), int((v1 / "cpu.cfs_period_us").read_text()))
-        return cpu_quota(affinity, cfs=cfs)
-    except (OSError, ValueError):
-        return cpu_quota(affinity)
-
-
 def workers(rows: int, requested: int | None, cpus: int) -> int:
     """Processes to tokenize `rows` rows: FT_PREPROCESSING_NUM_WORKERS, else one per CPU as long
     as each gets ROWS_PER_WORKER rows or more (1 for small data sets)."""
@@ -71,7 +43,7 @@ def map_options(ds, settings) -> dict:
     """`Dataset.map` arguments for a task's tokenization: `num_proc` when several processes pay
     off. Only for maps whose output rows depend on their own input row alone (not packing, whose
     blocks follow the batch boundaries that the processes' shards move)."""
-    n = workers(len(ds), getattr(settings, "preprocessing_num_workers", None), available_cpus())
+    n = workers(len(ds), getattr(settings, "preprocessing_num_workers", None), tokenize_cpus())
     return {"num_proc": n} if n > 1 else {}
 
 

@@ -22,7 +22,7 @@ from entrypoint.config import settings as config
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import JobSettings
 from entrypoint.durability import accounting, attempts, checkpoints, interruption, upload_process
-from entrypoint.durability.sync import CheckpointSync
+from entrypoint.durability.sync import CheckpointSync, share_parts
 from entrypoint.errors import WorldError
 from entrypoint.io import disk, storage
 from entrypoint.job import (
@@ -37,8 +37,17 @@ from entrypoint.job import (
     training,
     workspace,
 )
+from entrypoint.parallel import cpus
 from entrypoint.parallel.collectives import all_max as agree
-from entrypoint.parallel.collectives import in_turn, is_main, on_local_main, on_main, per_process, require_data_parallel
+from entrypoint.parallel.collectives import (
+    in_turn,
+    is_main,
+    node_layout,
+    on_local_main,
+    on_main,
+    per_process,
+    require_data_parallel,
+)
 
 log = logging.getLogger("finetune")
 
@@ -96,7 +105,11 @@ class TrainingJob:
     def setup_workspace(self) -> None:
         with workspace.one_at_a_time(self.settings.work_dir):  # this machine's processes share FT_WORK_DIR
             self.work = workspace.prepare(self.settings.work_dir)
-        self.args = training.arguments_for(self.settings, self.task, self.work.checkpoints)
+        self.threads = cpus.apply_for(self.environ, self.runtime, self.settings)  # torch's threads, before any work
+        self.args = training.arguments_for(
+            self.settings, self.task, self.work.checkpoints, self.threads.dataloader_workers
+        )
+        self.layout = node_layout()  # the job's machines (the Trainer's arguments started the process group)
         # Every location the job will write to, tried now: a missing bucket or a refused write is
         # the user's error before any download, not a failure (and a retried job) after training.
         on_main(storage.check_writable, config.write_locations(self.settings, self.runtime, self.args.report_to))
@@ -108,10 +121,31 @@ class TrainingJob:
         self.generation = on_main(attempts.claim_generation, self.store, self.runtime.describe())
 
     def _setup_restore(self) -> None:
-        restored = on_local_main(
-            checkpoints.restore, self.store, self.work.checkpoints, self.settings.transfer_concurrency
-        )
+        if self.layout.count == 1:
+            restored = on_local_main(
+                checkpoints.restore, self.store, self.work.checkpoints, self.settings.transfer_concurrency
+            )
+        else:
+            restored = self._restore_on_every_machine()
         self.resumed_step, self.resumed_dir = restored or (None, None)
+
+    def _restore_on_every_machine(self) -> tuple[int, Path] | None:
+        """Several machines resume from one checkpoint: world rank 0 picks the candidates, each
+        machine downloads the shared files and its own processes' files, and an older checkpoint
+        is tried when any machine could not verify its files."""
+        for cp in on_main(checkpoints.complete, self.store):
+            folder = on_local_main(
+                checkpoints.fetch,
+                self.store,
+                cp,
+                self.work.checkpoints,
+                self.settings.transfer_concurrency,
+                self.layout.ranks,
+            )
+            if not agree([folder is None])[0]:
+                return cp.step, folder
+            log.warning("checkpoint %s could not be restored on every machine: trying an older one", cp.name)
+        return None
 
     def setup_model_files(self) -> None:
         """The base model's files (a Hub model through its mirror at FT_CACHE_URI) and its tokenizer."""
@@ -191,7 +225,7 @@ class TrainingJob:
 
     def train(self) -> None:
         settings = self.settings
-        if is_main():  # world rank 0 alone writes to the checkpoint location
+        if self.layout.local_main:  # each machine uploads its files; world rank 0 alone commits checkpoints
             self.sync = CheckpointSync(
                 self.store,
                 self.work.staging,
@@ -200,10 +234,13 @@ class TrainingJob:
                 settings.transfer_concurrency,
                 uploader=upload_process.start(),
                 upload_timeout_s=settings.upload_timeout_seconds,
+                node=self.layout.index,
+                nodes=self.layout.count,
             )
-        self.report = run_report.RunReport(self.store, settings, self.generation, self.resumed_step, self.sync)
+        main_sync = self.sync if is_main() else None
+        self.report = run_report.RunReport(self.store, settings, self.generation, self.resumed_step, main_sync)
         self.report.record_attempt()
-        self.stopper = interruption.StopOnRequest(self.stop, agree)
+        self.stopper = interruption.StopOnRequest(self.stop, agree, self._stop_plan(main_sync))
         self.clock = callbacks.RunClock(self.started)
         tensorboard = callbacks.SyncTensorBoard(
             self.work.root / "tensorboard", config.tensorboard_uri(settings, self.runtime)
@@ -221,10 +258,10 @@ class TrainingJob:
             self.eval_ds,
             [
                 callbacks.AllSaved(),
-                callbacks.SyncCheckpoints(self.sync),
+                callbacks.SyncCheckpoints(self.sync, self.layout.count),
                 self.stopper,
                 callbacks.SaveOncePerStep(),
-                callbacks.MetricLines(),
+                callbacks.MetricLines(main_sync),
                 self.clock,
                 tensorboard,
                 self.report,
@@ -242,9 +279,10 @@ class TrainingJob:
     def finish(self) -> dict:
         """Uploads finished and the attempt accounted for; an interrupted attempt ends here (143/130).
         Otherwise: evaluate, save, and publish the model with metrics.json."""
+        self._end_other_machines_uploads()
         figures = on_main(self._end_attempt)
         if self.stopper.stopped_at_step is not None:
-            interruption.raise_interrupted(self.stop, figures)
+            interruption.raise_interrupted(self.stop, figures, self.stopper.skipped_step is not None)
         metrics: dict[str, Any] = self.trainer.evaluate() if self.eval_ds is not None else {}
         folder = per_process(self.work.output)
         weights = lambda: disk.largest_checkpoint_bytes(self.work.checkpoints, "*.safetensors")  # noqa: E731
@@ -285,6 +323,17 @@ class TrainingJob:
         log.info("done: step %d, model and metrics.json at %s", step, where)
         return metrics
 
+    def _end_other_machines_uploads(self) -> None:
+        """On several machines: the others' uploads finished (or given up at the deadline) and their
+        parts reported to world rank 0, which commits the checkpoints once it has every part."""
+        if self.layout.count == 1:
+            return
+        if self.sync is not None and self.layout.index > 0:
+            waited_since = time.monotonic()
+            if not self.sync.drain(lambda: self._upload_deadline(waited_since)):
+                log.warning("this machine's checkpoint uploads did not finish: world rank 0 will not commit them")
+        share_parts(self.sync, self.layout.count)
+
     def _end_attempt(self) -> dict:
         """The main process's end of training: its uploads finished, the preemption figures
         printed, and an interrupted attempt's ending recorded; returns the figures."""
@@ -308,9 +357,20 @@ class TrainingJob:
         """When waiting for the checkpoint uploads ends: FT_UPLOAD_TIMEOUT_SECONDS, or sooner after
         a stop request, before the platform's kill (FT_STOP_GRACE_SECONDS)."""
         deadline = waited_since + self.settings.upload_timeout_seconds
-        grace = config.stop_grace_seconds(self.settings, self.runtime)
-        stop = interruption.stop_deadline(self.stop, grace)
+        stop = self._stop_deadline()
         return deadline if stop is None else min(deadline, stop)
+
+    def _stop_deadline(self) -> float | None:
+        """By when a stop checkpoint must be durable: the spot notice's time or FT_STOP_GRACE_SECONDS."""
+        grace = config.stop_grace_seconds(self.settings, self.runtime)
+        return interruption.stop_deadline(self.stop, grace, self.settings.stop_grace_seconds is not None)
+
+    def _stop_plan(self, sync: CheckpointSync | None) -> interruption.StopCheckpointPlan | None:
+        """The main process skips a stop checkpoint that cannot be durable in time (FT_STOP_CHECKPOINT)."""
+        if sync is None or self.settings.stop_checkpoint == "always":
+            return None
+        size = lambda: disk.largest_checkpoint_bytes(self.work.checkpoints)  # noqa: E731 (a restored checkpoint)
+        return interruption.StopCheckpointPlan(sync, self._stop_deadline, self.settings.assumed_upload_mb_per_s, size)
 
     def _uploads_stalled(self, waited_since: float) -> WorldError:
         assert self.sync is not None

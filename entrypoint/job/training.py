@@ -15,7 +15,9 @@ from entrypoint.config.settings import JobSettings, trainer_overrides
 from entrypoint.config.trainer_fields import DEFAULTS, SEQ2SEQ_ONLY, TRAINER_FIELDS
 from entrypoint.errors import SettingsError, UserError
 from entrypoint.io import storage
-from entrypoint.job import modeling
+from entrypoint.job import gpu_defaults, modeling
+from entrypoint.job.gpu_defaults import GpuInfo
+from entrypoint.tasks import lengths
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Hardware:
 
         import torch
 
-        wanted = ("bitsandbytes", "deepspeed", "liger_kernel")
+        wanted = ("bitsandbytes", "deepspeed", "flash_attn", "liger_kernel")
         found = {p for p in wanted if importlib.util.find_spec(p)}
         # The reporting integrations installed, under their FT_REPORT_TO names. Not through
         # transformers' get_available_reporting_integrations: that imports wandb (~3 s).
@@ -77,6 +79,11 @@ def hardware_problems(kwargs: dict, hw: Hardware) -> list[str]:
         )
     if str(kwargs.get("ddp_backend") or "") == "nccl" and not hw.cuda:
         problems.append("FT_DDP_BACKEND=nccl needs CUDA GPUs; use gloo on CPU.")
+    if kwargs.get("fsdp") and not hw.cuda:  # accelerate runs plain DDP on CPUs (MULTI_CPU), silently unsharded
+        problems.append(
+            "FT_FSDP needs CUDA GPUs: on CPU accelerate ignores FSDP and trains unsharded DDP; "
+            "leave FT_FSDP unset here."
+        )
     if kwargs.get("deepspeed") and "deepspeed" not in hw.packages:
         problems.append("FT_DEEPSPEED needs the deepspeed package (pip install deepspeed, on a GPU image).")
     report_to = kwargs.get("report_to") or []
@@ -119,12 +126,19 @@ def in_our_words(message: str) -> str:
     return TRAINER_FLAG.sub(lambda m: f"FT_{m.group(1).upper()}", message)
 
 
-def arguments_for(settings: JobSettings, task, output_dir: Path) -> TrainingArguments:
+def arguments_for(settings: JobSettings, task, output_dir: Path, dataloader_workers: int = 0) -> TrainingArguments:
     """The TrainingArguments of `task`'s Trainer on this machine, checkpoints in `output_dir`."""
     import torch
 
     return training_arguments(
-        settings, output_dir, torch.cuda.is_available(), task.seq2seq_arguments, task.metric_for_best_model
+        settings,
+        output_dir,
+        torch.cuda.is_available(),
+        task.seq2seq_arguments,
+        task.metric_for_best_model,
+        task_defaults=task.argument_defaults,
+        dataloader_workers=dataloader_workers,
+        eval_batch_scale=task.eval_batch_scale,
     )
 
 
@@ -135,8 +149,13 @@ def training_arguments(
     seq2seq: bool = False,
     best_metric: str = "loss",
     hw: Hardware | None = None,
+    task_defaults: dict | None = None,
+    dataloader_workers: int = 0,
+    gpu: GpuInfo | None = None,
+    eval_batch_scale: int = 1,
 ) -> TrainingArguments:
-    """(Seq2Seq)TrainingArguments from the settings; a rejected combination is the user's error."""
+    """(Seq2Seq)TrainingArguments from the settings; a rejected combination is the user's error.
+    `dataloader_workers`: the default of FT_DATALOADER_NUM_WORKERS (parallel/cpus.py sizes it)."""
     overrides = trainer_overrides(settings)
     if overrides.pop("hub_token", None) is not None:  # a secret the Trainer would pickle: see trainer_fields
         log.warning(
@@ -150,8 +169,19 @@ def training_arguments(
         wrong = sorted(set(overrides) & SEQ2SEQ_ONLY)
         if wrong:
             raise UserError(f"{', '.join('FT_' + w.upper() for w in wrong)} only apply to FT_TASK=seq2seq.")
-    kwargs = dict(DEFAULTS, dataloader_pin_memory=cuda)
-    kwargs.update(modeling.precision(overrides.pop("bf16", None), overrides.pop("fp16", None)))
+    kwargs = dict(
+        DEFAULTS, **(task_defaults or {}), dataloader_pin_memory=cuda, dataloader_num_workers=dataloader_workers
+    )
+    for note in lengths.default_notes(task_defaults or {}, overrides):  # what changes batches, and the way back
+        log.info(note)
+    if eval_batch_scale > 1 and "per_device_eval_batch_size" not in overrides:
+        train_batch = int(overrides.get("per_device_train_batch_size", kwargs.get("per_device_train_batch_size", 8)))
+        kwargs["per_device_eval_batch_size"] = eval_batch_scale * train_batch
+        log.info(lengths.EVAL_BATCH_MESSAGE, kwargs["per_device_eval_batch_size"], eval_batch_scale)
+    hw = hw or Hardware.here()
+    gpu = (gpu or GpuInfo.here()) if cuda else None  # `gpu`: injected by tests
+    on_gpu = gpu_defaults.for_job(settings, overrides, kwargs, gpu, hw.packages)  # bf16, TF32, ...; logged
+    kwargs.update(modeling.precision(overrides.pop("bf16", None), overrides.pop("fp16", None)), **on_gpu)
     if overrides.get("load_best_model_at_end") and not overrides.get("metric_for_best_model"):
         kwargs["metric_for_best_model"] = best_metric
     if settings.early_stopping_patience:
@@ -163,7 +193,7 @@ def training_arguments(
         kwargs["deepspeed"] = str(
             storage.fetch(kwargs["deepspeed"], output_dir.parent / "deepspeed", label="FT_DEEPSPEED")
         )
-    problems = hardware_problems(kwargs, hw or Hardware.here()) + missing_files(kwargs)
+    problems = hardware_problems(kwargs, hw) + missing_files(kwargs)
     if problems:
         raise SettingsError(problems)
     arguments_class = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
@@ -175,6 +205,7 @@ def training_arguments(
 
 def build_trainer(task, settings, info: dict, args, model, tokenizer, train_ds, eval_ds, callbacks) -> Trainer:
     """The task's Trainer class with its collator and metrics, and our callbacks."""
+    gpu_defaults.apply_attention(model, settings, args, GpuInfo.here(), Hardware.here().packages)
     trainer_cls, extra = task.trainer(settings, info)
     try:
         trainer = trainer_cls(

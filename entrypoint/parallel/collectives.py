@@ -7,6 +7,7 @@ stops them all at the same step. Each is a no-op when the job runs as a single p
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -162,3 +163,41 @@ def all_max(flags: Sequence[bool]) -> list[bool]:
     tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return [bool(v) for v in tensor.tolist()]
+
+
+def gather_if_any(items: list) -> list:
+    """Every process's `items`, concatenated in rank order, on every process: one small all-reduce
+    when no process has any, an all-gather when one has."""
+    dist = _dist()
+    if dist is None:
+        return list(items)
+    if not all_max([bool(items)])[0]:
+        return []
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, list(items))
+    return [item for part in everyone for item in part]
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeLayout:
+    """This machine's place in the job: which machine it is, of how many, and its processes' world ranks."""
+
+    index: int  # 0: the machine of world rank 0
+    count: int
+    ranks: tuple[int, ...]
+    local_main: bool  # this process is the machine's first
+
+
+def node_layout() -> NodeLayout:
+    """The job's machines, as the processes see them (torchrun numbers each machine's processes
+    consecutively, its first process first: a machine is known by its first process's rank)."""
+    dist = _dist()
+    if dist is None:
+        return NodeLayout(0, 1, (0,), True)
+    rank, local_rank = _ranks()
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (rank, rank - local_rank))
+    firsts = sorted({first for _, first in everyone})
+    mine = rank - local_rank
+    ranks = tuple(sorted(r for r, first in everyone if first == mine))
+    return NodeLayout(firsts.index(mine), len(firsts), ranks, local_rank == 0)

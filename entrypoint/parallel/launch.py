@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from entrypoint.config.platform import Runtime
 from entrypoint.errors import ExitCode, Interrupted, WorkersFailed
+from entrypoint.parallel import cpus
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def launch(plan: LaunchPlan) -> None:
     options = [*plan.torchrun_args(), "--signals-to-handle", "SIGHUP,SIGQUIT", "-m", "entrypoint", "train"]
     code = 0
     os.environ.update(plan.environment)  # the processes inherit the launcher's environment
+    os.environ.update(cpus.launcher_environment(os.environ))  # each process sizes its threads (cpus.py)
     try:
         run(parse_args(options))
     except ChildFailedError as exc:

@@ -37,6 +37,11 @@ class Task:
     trainer: Callable[..., tuple[type, dict]]  # (settings, info) -> (Trainer class, extra kwargs)
     seq2seq_arguments: bool = False  # Seq2SeqTrainingArguments (generation settings) instead of TrainingArguments
     metric_for_best_model: str = "loss"
+    # TrainingArguments defaults of this task where they differ from finetune's (trainer_fields.DEFAULTS)
+    argument_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Evaluation batches this many times the training batch when FT_PER_DEVICE_EVAL_BATCH_SIZE is unset
+    # (tasks whose metrics are per-example: a prediction does not depend on its batch).
+    eval_batch_scale: int = 1
 
 
 def get(name: str) -> Task:

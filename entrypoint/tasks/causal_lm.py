@@ -1,6 +1,7 @@
 """causal-lm: next-token prediction on plain text (FT_TEXT_COLUMN, optionally packed into full
 blocks), on instruction data (FT_PROMPT_COLUMN + FT_RESPONSE_COLUMN: loss on the response only) or
-on chat data (FT_MESSAGES_COLUMN: loss on the assistant turns only); perplexity from the eval loss."""
+on chat data (FT_MESSAGES_COLUMN: loss on the assistant turns only); perplexity from the eval loss.
+Batches are padding-free where the model keeps flattened examples apart (padding_free.py), else padded."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import json
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, set_seed
+from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 
 from entrypoint.errors import UserError
 from entrypoint.job import modeling, preprocess
 
-from . import Prepared, Task
+from . import Prepared, Task, padding_free
 from .perplexity import PerplexityTrainer
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,11 @@ def load_model(folder, uri: str, info: dict, settings, seed: int):
     kwargs = modeling.model_kwargs(settings)
     set_seed(seed)
     try:
-        return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"FT_MODEL: cannot load {uri} as a causal-lm model: {exc}") from exc
+    modeling.log_attention(model, getattr(settings, "attn_implementation", None))
+    return model
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -235,9 +238,25 @@ class PadCollator:
         return batch
 
 
+def batch_plan(model, settings) -> padding_free.Plan:
+    """Padding-free or padded batches (padding_free.plan), running the model probe only when the
+    settings leave padding-free open."""
+    batch = getattr(settings, "per_device_train_batch_size", None) or TrainingArguments.per_device_train_batch_size
+    use_cache = bool(getattr(settings, "use_cache", None))
+    facts = (settings.padding_free, settings.packing, batch, use_cache, padding_free.attention_of(model))
+    if model is None:
+        return padding_free.plan(*facts, apart=None)
+    if not (open_to_it := padding_free.plan(*facts, apart=True)).padding_free:
+        return open_to_it
+    return padding_free.plan(*facts, apart=padding_free.keeps_examples_apart(model))
+
+
 def collator(tokenizer, model, settings):
     ensure_pad_token(tokenizer)
-    return PadCollator(tokenizer.pad_token_id)
+    chosen = batch_plan(model, settings)
+    explicit_but_refused = settings.padding_free == "true" and not chosen.padding_free
+    log.log(logging.WARNING if explicit_but_refused else logging.INFO, "%s", chosen.message)
+    return padding_free.flattening_collator() if chosen.padding_free else PadCollator(tokenizer.pad_token_id)
 
 
 TASK = Task(

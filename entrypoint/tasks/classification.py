@@ -3,14 +3,18 @@ class-weighted loss for imbalanced data (FT_CLASS_WEIGHTS)."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
 
 from entrypoint.errors import UserError
 from entrypoint.job import modeling, preprocess
 
-from . import Prepared, Task
+from . import Prepared, Task, lengths
+
+log = logging.getLogger(__name__)
 
 
 def columns(settings) -> dict[str, str | None]:
@@ -133,8 +137,7 @@ def tokenize(ds, tokenizer, settings, info):
 
 
 def collator(tokenizer, model, settings):
-    # pad_to_multiple_of=8 lets fp16/bf16 tensor cores work on padded batches.
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=lengths.pad_multiple(torch.cuda.is_available()))
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
@@ -152,7 +155,12 @@ def compute_metrics(eval_pred) -> dict[str, float]:
     return {"accuracy": float(np.mean(predictions == labels)), "f1_macro": float(np.mean(f1s))}
 
 
-class WeightedLossTrainer(Trainer):
+class ClassificationTrainer(lengths.LengthSampling):
+    """The Trainer with training batches of similar length and evaluation sorted by length: a
+    prediction does not depend on the batch it is in, so accuracy and F1 do not change."""
+
+
+class WeightedLossTrainer(ClassificationTrainer):
     """Cross-entropy with per-class weights (imbalanced data)."""
 
     def __init__(self, *args, class_weights: list[float], **kwargs):
@@ -168,9 +176,12 @@ class WeightedLossTrainer(Trainer):
 
 
 def trainer(settings, info) -> tuple[type, dict]:
+    extra = {"eval_sort_by_length": settings.eval_sort_by_length}
+    if settings.eval_sort_by_length:
+        log.info(lengths.SORTED_MESSAGE)
     if info.get("class_weights"):
-        return WeightedLossTrainer, {"class_weights": info["class_weights"]}
-    return Trainer, {}
+        return WeightedLossTrainer, dict(extra, class_weights=info["class_weights"])
+    return ClassificationTrainer, extra
 
 
 TASK = Task(
@@ -182,5 +193,7 @@ TASK = Task(
     collator=collator,
     metrics=lambda tokenizer, settings, info: compute_metrics,
     trainer=trainer,
+    eval_batch_scale=2,
     metric_for_best_model="accuracy",
+    argument_defaults={"train_sampling_strategy": "group_by_length"},
 )

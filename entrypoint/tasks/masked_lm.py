@@ -13,7 +13,7 @@ from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, 
 from entrypoint.errors import UserError
 from entrypoint.job import modeling, preprocess
 
-from . import Prepared, Task
+from . import Prepared, Task, lengths
 from .perplexity import PerplexityTrainer
 
 
@@ -90,10 +90,19 @@ def batch_seed(seed: int, input_ids: torch.Tensor) -> int:
     return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 
+class MaskedLMTrainer(lengths.LengthSampling, PerplexityTrainer):
+    """Training batches of similar length; evaluation in the data's order (the loss is a mean over
+    each batch's masked tokens, and the masks follow the batch's contents: sorting would change it)."""
+
+
 def collator(tokenizer, model, settings):
     seed = settings.seed if settings.seed is not None else 42  # the Trainer's default seed
     return SeededMaskingCollator(
-        tokenizer, mlm=True, mlm_probability=settings.mlm_probability, pad_to_multiple_of=8, mask_seed=seed
+        tokenizer,
+        mlm=True,
+        mlm_probability=settings.mlm_probability,
+        pad_to_multiple_of=lengths.pad_multiple(torch.cuda.is_available()),
+        mask_seed=seed,
     )
 
 
@@ -105,6 +114,7 @@ TASK = Task(
     tokenize=tokenize,
     collator=collator,
     metrics=lambda tokenizer, settings, info: None,  # no logits kept: perplexity comes from eval_loss
-    trainer=lambda settings, info: (PerplexityTrainer, {}),
+    trainer=lambda settings, info: (MaskedLMTrainer, {}),
     metric_for_best_model="loss",
+    argument_defaults={"train_sampling_strategy": "group_by_length"},
 )

@@ -12,6 +12,7 @@ import math
 import re
 
 import numpy as np
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -26,7 +27,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_L
 from entrypoint.errors import UserError
 from entrypoint.job import modeling, preprocess
 
-from . import Prepared, Task
+from . import Prepared, Task, lengths
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def collator(tokenizer, model, settings):
         tokenizer,
         model=model,
         label_pad_token_id=-100,
-        pad_to_multiple_of=8,
+        pad_to_multiple_of=lengths.pad_multiple(torch.cuda.is_available()),
         decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
     )
 
@@ -189,6 +190,11 @@ def bleu_metrics(tokenizer):
     return compute
 
 
+class GroupedSeq2SeqTrainer(lengths.LengthSampling, Seq2SeqTrainer):
+    """Training batches of similar (source) length; evaluation in the data's order (eval_loss is a
+    mean over each batch's tokens, so sorting would change it)."""
+
+
 def metrics(tokenizer, settings, info):
     return bleu_metrics(tokenizer) if settings.predict_with_generate else None
 
@@ -201,7 +207,8 @@ TASK = Task(
     tokenize=tokenize,
     collator=collator,
     metrics=metrics,
-    trainer=lambda settings, info: (Seq2SeqTrainer, {}),
+    trainer=lambda settings, info: (GroupedSeq2SeqTrainer, {}),
     seq2seq_arguments=True,
     metric_for_best_model="loss",
+    argument_defaults={"train_sampling_strategy": "group_by_length"},
 )

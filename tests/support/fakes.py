@@ -3,12 +3,14 @@ service (spot notices) and a fault-injecting proxy in front of the S3 server."""
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import http.server
 import json
 import random
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 
@@ -43,8 +45,10 @@ class FakeIMDS(_Running):
         self.polls_with_token = 0
         super().__init__(_IMDSHandler)
 
-    def notice(self):
-        self.notice_body = json.dumps({"action": "terminate", "time": "2026-11-29T12:00:00Z"})
+    def notice(self, in_s: float = 120.0):
+        """Schedule the interruption `in_s` from now (EC2 gives two minutes), as EC2 writes its time."""
+        when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=in_s)
+        self.notice_body = json.dumps({"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 class _IMDSHandler(http.server.BaseHTTPRequestHandler):
@@ -83,7 +87,9 @@ class FaultProxy(_Running):
     is read and never answered (a stalled S3), until `close()`. Every request is kept in
     `requests` (method, path, headers, body) so a test can see what a client really sent.
     `rewrite(path, request_headers, request_body, response_body)`, if given, returns the body the
-    client gets instead of the upstream's (a world the upstream cannot play, e.g. a failed job)."""
+    client gets instead of the upstream's (a world the upstream cannot play, e.g. a failed job).
+    `bandwidth_bytes_per_s`, if set (also later), is the rate at which request bodies (uploads) are
+    read, shared by all connections: a slow link to S3."""
 
     def __init__(
         self,
@@ -94,8 +100,12 @@ class FaultProxy(_Running):
         fail_with: tuple[int, str] = (500, "InternalError"),
         stall_paths: tuple[str, ...] = (),
         rewrite: Callable[[str, dict[str, str], bytes, bytes], bytes] | None = None,
+        bandwidth_bytes_per_s: float | None = None,
     ):
         parsed = urllib.parse.urlparse(upstream)
+        self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
+        self._link_free_at = 0.0  # time.monotonic() when the throttled link has sent what it was given
+        self.throttled_bytes = 0  # request body bytes that went through the throttled link
         self.rewrite = rewrite
         self.stall_paths = tuple(stall_paths)
         self.released = threading.Event()
@@ -113,6 +123,17 @@ class FaultProxy(_Running):
     def close(self):
         self.released.set()  # stalled requests end (unanswered) and their threads with them
         super().close()
+
+    def throttle(self, size: int) -> None:
+        """Wait for `size` bytes to pass the link (their turn after what other connections sent)."""
+        rate = self.bandwidth_bytes_per_s
+        if not rate:
+            return
+        with self.lock:
+            self._link_free_at = max(self._link_free_at, time.monotonic()) + size / rate
+            until = self._link_free_at
+            self.throttled_bytes += size
+        time.sleep(max(0.0, until - time.monotonic()))
 
     def decide(self, path: str) -> str | None:
         if any(p in urllib.parse.unquote(path) for p in self.fail_paths):
@@ -143,9 +164,20 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 if size == 0:
                     self.rfile.readline()
                     return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                chunks.append(self._read(size))
                 self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        return self._read(int(self.headers.get("Content-Length") or 0))
+
+    def _read(self, size: int) -> bytes:
+        chunks = []
+        while size > 0:
+            chunk = self.rfile.read(min(size, 1 << 16))
+            if not chunk:
+                break
+            self.server.owner.throttle(len(chunk))
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
 
     def _handle(self):
         owner = self.server.owner

@@ -21,3 +21,29 @@ def test_training_lines_carry_progress_and_evaluation_lines_do_not(capsys):
     train_line, eval_line = capsys.readouterr().out.splitlines()
     assert "step=60 loss=0.5" in train_line and "progress_pct=75" in train_line and "eta_s=" in train_line
     assert "progress_pct" not in eval_line and "eval_loss=0.4" in eval_line
+
+
+def test_training_lines_carry_the_age_of_the_newest_durable_checkpoint_and_warn_when_it_lags(capsys, caplog):
+    import logging
+    import time
+    from types import SimpleNamespace
+
+    from entrypoint.durability.sync import SyncStats
+
+    sync = SimpleNamespace(stats=SyncStats())
+    lines = MetricLines(sync)
+    args = SimpleNamespace(save_steps=10, save_strategy="steps")
+    state = TrainerState(global_step=0, max_steps=1000)
+    lines.on_train_begin(args, state, TrainerControl())
+    state.global_step = 20
+    lines.on_log(args, state, TrainerControl(), logs={"loss": 0.5})  # nothing durable yet
+    sync.stats.durable_step, sync.stats.durable_at = 10, time.monotonic() - 100  # 100 s: many save intervals
+    with caplog.at_level(logging.WARNING):
+        lines.on_log(args, state, TrainerControl(), logs={"loss": 0.4})
+        lines.on_log(args, state, TrainerControl(), logs={"eval_loss": 0.4})
+        lines.on_log(args, state, TrainerControl(), logs={"loss": 0.3})
+    before, lagging, evaluation, again = capsys.readouterr().out.splitlines()
+    assert "durable_age_s" not in before and "durable_age_s" not in evaluation
+    assert float(lagging.split("durable_age_s=")[1].split()[0]) >= 100 and "durable_age_s=" in again
+    warnings = [r.getMessage() for r in caplog.records if "newest durable checkpoint (step 10)" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per attempt

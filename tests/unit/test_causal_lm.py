@@ -7,7 +7,7 @@ import pytest
 
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import load_settings
-from entrypoint.errors import UserError
+from entrypoint.errors import SettingsError, UserError
 from entrypoint.tasks import causal_lm
 from entrypoint.tasks.causal_lm import IGNORE
 from entrypoint.tasks.perplexity import perplexity
@@ -163,3 +163,161 @@ def test_evaluation_reports_perplexity_without_keeping_logits(tmp_path, texts):
 
 def test_perplexity_does_not_overflow():
     assert perplexity(0.0) == 1.0 and perplexity(1e4) == math.inf
+
+
+# -- padding-free batches ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, texts):
+    return tiny_causal.build_tiny_llama(tmp_path_factory.mktemp("llama") / "model", texts)
+
+
+def examples_of(kind: str, tok, max_length: int = 128) -> datasets.Dataset:
+    """Six SST-2 rows of `kind` (text, instruction, chat), tokenized by the task."""
+    rows = tiny_causal.sst2_as(kind, tiny.sst2_rows("train", 6))
+    extra = {"text": {}, "instruction": {"prompt_column": "prompt", "response_column": "response"}}
+    s = settings(max_length=max_length, **extra.get(kind, {"messages_column": "messages"}))
+    return causal_lm.tokenize(datasets.Dataset.from_list(rows), tok, s, {})
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["text", "instruction", "chat"])
+def test_padding_free_batch_computes_each_example_as_if_alone(tiny_llama, kind, attention, caplog):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attention)
+    model.config.use_cache = False  # as the Trainer sets it (FT_USE_CACHE, default false)
+    examples = [dict(e) for e in examples_of(kind, tok)]
+    with caplog.at_level("INFO", logger="entrypoint.tasks.causal_lm"):
+        batch = causal_lm.collator(tok, model, settings(per_device_train_batch_size=6))(examples)
+    assert f"padding-free batches: 6 examples flattened per batch with position ids (attention: {attention}" in (
+        caplog.text
+    )
+    assert "FT_PADDING_FREE=false turns this off" in caplog.text
+    assert "attention_mask" not in batch and batch["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
+
+    # Labels: each example's own (IGNORE on prompts and non-assistant turns), and IGNORE on its first
+    # token, which no token of its own predicts.
+    assert batch["labels"][0].tolist() == [t for e in examples for t in [IGNORE] + e["labels"][1:]]
+    assert batch["position_ids"][0].tolist() == [p for e in examples for p in range(len(e["input_ids"]))]
+
+    model.eval()
+    with torch.no_grad():
+        flat = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[0] for e in examples])
+        # The loss equals the padded batch's: the same targets, each predicted from its own example only.
+        padded = causal_lm.PadCollator(tok.pad_token_id)(examples)
+        flat_loss = model(**batch).loss
+        padded_loss = model(**padded).loss
+    torch.testing.assert_close(flat, alone, atol=1e-5, rtol=0)
+    assert flat_loss.item() == pytest.approx(padded_loss.item(), abs=1e-5)
+
+
+def test_a_model_that_mixes_flattened_examples_gets_padded_batches(tok_and_mamba, caplog):
+    tok, mamba = tok_and_mamba
+    with caplog.at_level("INFO", logger="entrypoint.tasks.causal_lm"):
+        collate = causal_lm.collator(tok, mamba, settings(per_device_train_batch_size=4))
+    assert isinstance(collate, causal_lm.PadCollator)
+    assert "lets flattened examples affect each other" in caplog.text
+    with caplog.at_level("WARNING", logger="entrypoint.tasks.causal_lm"):
+        caplog.clear()
+        assert isinstance(causal_lm.collator(tok, mamba, settings(padding_free="true")), causal_lm.PadCollator)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # asked for explicitly: a warning
+
+
+@pytest.fixture(scope="module")
+def tok_and_mamba(texts):
+    """A Mamba model: its recurrent state runs from one token to the next whatever the position ids."""
+    import torch
+    from transformers import MambaConfig, MambaForCausalLM
+
+    tok = tiny_causal.build_tokenizer(texts)
+    torch.manual_seed(0)
+    config = MambaConfig(vocab_size=len(tok), hidden_size=16, state_size=4, num_hidden_layers=2, intermediate_size=32)
+    return tok, MambaForCausalLM(config)
+
+
+def test_probe_tells_a_mixing_model_from_one_that_keeps_examples_apart(tiny_llama, tok_and_mamba):
+    from transformers import AutoModelForCausalLM
+
+    from entrypoint.tasks import padding_free
+
+    llama = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    llama.train()
+    assert padding_free.mixing_share(llama) < 1e-4 and padding_free.keeps_examples_apart(llama)
+    assert llama.training  # the probe leaves the mode as it found it
+    assert padding_free.mixing_share(tok_and_mamba[1]) > 0.5 and not padding_free.keeps_examples_apart(tok_and_mamba[1])
+
+
+@pytest.mark.parametrize(
+    ("setting", "packing", "batch", "use_cache", "apart", "padding_free", "says"),
+    [
+        ("auto", False, 8, False, True, True, "8 examples flattened per batch"),
+        ("false", False, 8, False, True, False, "FT_PADDING_FREE=false"),
+        ("auto", True, 8, False, True, False, "FT_PACKING=true already fills every row"),
+        ("true", True, 8, False, True, True, "flattened per batch"),  # the user's explicit choice
+        ("auto", False, 1, False, True, False, "one example per batch"),
+        ("true", False, 1, False, True, True, "1 examples flattened"),
+        ("auto", False, 8, True, True, False, "FT_USE_CACHE=true"),
+        ("true", False, 8, True, True, False, "FT_USE_CACHE=true"),
+        ("auto", False, 8, False, False, False, "lets flattened examples affect each other"),
+        ("auto", False, 8, False, None, False, "no model to check"),
+    ],
+)
+def test_batch_plan(setting, packing, batch, use_cache, apart, padding_free, says):
+    from entrypoint.tasks.padding_free import plan
+
+    chosen = plan(setting, packing, batch, use_cache, "sdpa", apart)
+    assert chosen.padding_free is padding_free and says in chosen.message
+    assert ("FT_PADDING_FREE=false turns this off" in chosen.message) is padding_free
+
+
+def test_padding_free_setting_takes_auto_true_false_in_any_case():
+    assert settings().padding_free == "auto"
+    assert settings(padding_free="TRUE").padding_free == "true"
+    assert load_settings({**BASE, "FT_PADDING_FREE": " False "}, Runtime("local")).padding_free == "false"
+    with pytest.raises(SettingsError, match="FT_PADDING_FREE"):
+        settings(padding_free="sometimes")
+
+
+def test_loading_logs_the_attention_implementation_and_why(tiny_llama, caplog):
+    with caplog.at_level("INFO", logger="entrypoint.job.modeling"):
+        causal_lm.load_model(tiny_llama, "tiny", {}, settings(), 0)
+    assert "attention: sdpa: transformers' default where the model and torch support it" in caplog.text
+    assert "flash_attention_2 not installed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("implementation", "supports_sdpa", "requested", "says"),
+    [
+        ("sdpa", True, None, "sdpa: transformers' default"),
+        ("eager", False, None, "eager: this architecture has no sdpa implementation"),
+        ("eager", True, "eager", "eager: FT_ATTN_IMPLEMENTATION asks for it"),
+        ("flash_attention_2", True, None, "flash_attention_2: as the model's config asks"),
+    ],
+)
+def test_attention_reason(implementation, supports_sdpa, requested, says):
+    from entrypoint.job.modeling import attention_reason
+
+    assert attention_reason(implementation, supports_sdpa, False, requested).startswith(says)
+
+
+def test_a_model_with_flash_attention_on_the_cpu_is_probed_with_sdpa_in_its_place(tiny_llama, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from entrypoint.tasks import padding_free
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    switched = []
+
+    def set_attn_implementation(name):  # flash_attn is not installed here: only the config changes
+        switched.append(name)
+        model.config._attn_implementation = name
+
+    monkeypatch.setattr(model, "set_attn_implementation", set_attn_implementation)
+    model.config._attn_implementation = "flash_attention_2"
+    assert padding_free.keeps_examples_apart(model)
+    assert switched == ["sdpa", "flash_attention_2"] and model.config._attn_implementation == "flash_attention_2"

@@ -2,13 +2,17 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
+from transformers import TrainerControl, TrainerState
+
 from entrypoint.config import settings as config
 from entrypoint.config.platform import Runtime
-from entrypoint.durability import accounting, interruption
+from entrypoint.durability import accounting, deadline, interruption
 from tests.support.fakes import FakeIMDS
+from tests.unit.test_distributed import FakeAllReduce
 
 
 def test_a_signal_only_raises_the_flag_and_a_second_one_changes_nothing():
@@ -114,3 +118,90 @@ def test_the_platforms_grace_after_a_stop_is_the_default_and_a_setting_overrides
     assert config.stop_grace_seconds(plain, Runtime("local")) == 30
     longer = config.load_settings({**required, "FT_STOP_GRACE_SECONDS": "110"}, Runtime("local"))
     assert config.stop_grace_seconds(longer, Runtime("batch", job_id="j")) == 110
+
+
+def test_a_spot_notice_sets_the_deadline_its_time_gives_and_a_set_grace_overrides_it():
+    stop = interruption.StopRequest()
+    stop.request("spot-interruption-notice", deadline_at=time.monotonic() + 100)
+    assert interruption.stop_deadline(stop, 30) == stop.deadline_at - interruption.STOP_MARGIN_S
+    assert interruption.stop_deadline(stop, 30, grace_overridden=True) == stop.requested_at + 22.5
+    signalled = interruption.StopRequest()
+    signalled.request("SIGTERM", signal.SIGTERM)
+    assert signalled.deadline_at is None and interruption.stop_deadline(signalled, 30) == signalled.requested_at + 22.5
+
+
+def test_the_poller_takes_the_deadline_from_the_notices_time():
+    imds = FakeIMDS()
+    stop = interruption.StopRequest()
+    try:
+        poller = interruption.SpotNoticePoller(stop, imds.url, interval_s=0.05)
+        imds.notice(in_s=90)
+        poller.start()
+        assert stop.wait(5)
+        # The notice's time has whole seconds: up to 1 s earlier than 90 s from when it was written.
+        assert 88 <= stop.deadline_at - stop.requested_at <= 90.5
+    finally:
+        imds.close()
+
+
+def plan_that(save: bool):
+    calls = []
+
+    def plan(step):
+        calls.append(step)
+        return deadline.Decision(save, False, "test")
+
+    return plan, calls
+
+
+def test_a_stop_checkpoint_the_plan_skips_is_not_saved_and_training_stops_all_the_same(caplog):
+    stop = interruption.StopRequest()
+    plan, calls = plan_that(save=False)
+    callback = interruption.StopOnRequest(stop, plan=plan)
+    control = TrainerControl()
+    callback.on_step_end(None, TrainerState(global_step=3), control)
+    assert calls == [] and not control.should_training_stop  # no request: no plan
+    stop.request("SIGTERM", signal.SIGTERM)
+    control.should_save = True  # a scheduled save at the same step (DefaultFlowCallback runs first)
+    with caplog.at_level(logging.WARNING):
+        callback.on_step_end(None, TrainerState(global_step=4), control)
+    assert calls == [4] and not control.should_save and control.should_training_stop
+    assert callback.stopped_at_step == 4 and callback.skipped_step == 4
+    assert "stopping at step 4 without a checkpoint" in caplog.text
+    control.should_save = True  # the Trainer's save at the early end of an epoch (FT_SAVE_STRATEGY=epoch)
+    callback.on_epoch_end(None, TrainerState(global_step=4), control)
+    assert not control.should_save
+
+
+def test_a_stop_checkpoint_the_plan_allows_is_saved():
+    stop = interruption.StopRequest()
+    plan, calls = plan_that(save=True)
+    callback = interruption.StopOnRequest(stop, plan=plan)
+    stop.request("SIGTERM", signal.SIGTERM)
+    control = TrainerControl()
+    callback.on_step_end(None, TrainerState(global_step=4), control)
+    assert calls == [4] and control.should_save and callback.skipped_step is None
+    callback.on_epoch_end(None, TrainerState(global_step=4), control)
+    assert control.should_save
+
+
+def test_the_main_processes_plan_holds_for_every_process():
+    reduce = FakeAllReduce(3)
+    results = {}
+
+    def process(rank):
+        stop = interruption.StopRequest()
+        plan = plan_that(save=False)[0] if rank == 0 else None  # the main process alone plans
+        stopper = interruption.StopOnRequest(stop, reduce.for_rank(rank), plan)
+        if rank == 2:
+            stop.request("SIGTERM", signal.SIGTERM)  # seen by another process only
+        control = TrainerControl()
+        stopper.on_step_end(None, TrainerState(global_step=7), control)
+        results[rank] = (control.should_save, control.should_training_stop, stopper.skipped_step)
+
+    threads = [threading.Thread(target=process, args=(r,), daemon=True) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {r: (False, True, 7) for r in range(3)}

@@ -54,7 +54,7 @@ def test_collator_masks_about_the_requested_fraction_and_never_special_tokens(to
     rows = batch_of(tokenizer, TEXTS * 4)
     batch = masked_lm.collator(tokenizer, None, settings(mlm_probability="0.3", seed="1"))(rows)
     labels, inputs = batch["labels"], batch["input_ids"]
-    assert inputs.shape[1] % 8 == 0  # padded to a multiple of 8
+    assert inputs.shape[1] == max(len(r["input_ids"]) for r in rows)  # padded to the longest (CPU: no multiple of 8)
     special = torch.isin(labels, torch.tensor(tokenizer.all_special_ids))
     assert not special.any()  # [CLS], [SEP], [PAD] never become targets
     targets = labels != -100
@@ -62,9 +62,7 @@ def test_collator_masks_about_the_requested_fraction_and_never_special_tokens(to
     assert 0.2 < targets.sum().item() / maskable < 0.4
     # BERT's 80/10/10: most targets are replaced by [MASK]; untouched positions keep their ids
     assert (inputs[targets] == tokenizer.mask_token_id).float().mean() > 0.6
-    original = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], pad_to_multiple_of=8, return_tensors="pt")[
-        "input_ids"
-    ]
+    original = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")["input_ids"]
     assert (inputs[~targets] == original[~targets]).all() and (labels[targets] == original[targets]).all()
 
 

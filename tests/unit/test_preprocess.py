@@ -1,4 +1,4 @@
-"""How many processes tokenize, and the progress lines of a long preparation."""
+"""How many processes tokenize, and the progress lines of a long preparation (the CPU budget: test_cpus.py)."""
 
 import logging
 import time
@@ -7,23 +7,6 @@ import datasets
 import pytest
 
 from entrypoint.job import preprocess
-
-
-@pytest.mark.parametrize(
-    ("affinity", "cpu_max", "cfs", "cpus"),
-    [
-        (8, None, None, 8),
-        (8, "max 100000", None, 8),  # cgroup v2, no quota
-        (8, "200000 100000", None, 2),  # cgroup v2: two CPUs' worth
-        (8, "150000 100000", None, 1),  # 1.5 CPUs: one whole process
-        (2, "400000 100000", None, 2),  # the affinity is smaller
-        (8, None, (300000, 100000), 3),  # cgroup v1
-        (8, None, (-1, 100000), 8),  # cgroup v1, no quota
-        (1, "50000 100000", None, 1),  # never fewer than one
-    ],
-)
-def test_cpu_quota(affinity, cpu_max, cfs, cpus):
-    assert preprocess.cpu_quota(affinity, cpu_max, cfs) == cpus
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ def settings(**extra):
         ({"optim": "adamw_8bit"}, "FT_OPTIM=adamw_8bit needs a CUDA GPU and the bitsandbytes package"),
         ({"optim": "paged_adamw_32bit"}, "bitsandbytes"),
         ({"ddp_backend": "nccl"}, "use gloo on CPU"),
+        ({"fsdp": "full_shard"}, "FT_FSDP needs CUDA GPUs: on CPU accelerate ignores FSDP"),
         ({"deepspeed": "ds.json"}, "FT_DEEPSPEED needs the deepspeed package"),
         ({"report_to": ["tensorboard"]}, "FT_REPORT_TO=tensorboard needs the tensorboard package"),
         ({"report_to": ["mlflow"]}, "FT_REPORT_TO=mlflow needs the mlflow package (pip install 'finetune[mlflow]')"),
@@ -89,3 +90,17 @@ def test_precision_is_fp32_on_cpu_and_explicit_settings_win():
     assert precision(None, None) == {"bf16": False, "fp16": False}  # this machine has no GPU
     assert precision(True, None) == {"bf16": True, "fp16": False}
     assert precision(None, True) == {"bf16": False, "fp16": True}
+
+
+def test_classification_evaluates_in_batches_twice_the_training_batch_unless_set(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        args = training_arguments(
+            settings(per_device_train_batch_size="16"), tmp_path, False, hw=CPU, eval_batch_scale=2
+        )
+    assert args.per_device_eval_batch_size == 32
+    assert "evaluation batches of 32" in caplog.text and "FT_PER_DEVICE_EVAL_BATCH_SIZE sets it" in caplog.text
+    mine = settings(per_device_train_batch_size="16", per_device_eval_batch_size="4")
+    assert training_arguments(mine, tmp_path, False, hw=CPU, eval_batch_scale=2).per_device_eval_batch_size == 4
+    assert training_arguments(settings(), tmp_path, False, hw=CPU).per_device_eval_batch_size == 8  # other tasks
