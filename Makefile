@@ -46,7 +46,7 @@ NOT_EMPTY = rc=$$?; [ $$rc -ne 5 ] || echo "no tests were collected" >&2; exit $
 
 # The default suite (fast unit + integration tests; slow suites are deselected in pyproject).
 test: install
-	$(PYTEST); $(NOT_EMPTY)
+	$(PYTEST) --durations=15; $(NOT_EMPTY)
 
 # Terraform apply/destroy against moto, checkov, the SageMaker SDK example against moto, the long
 # kill -9 campaign, the real-model checks (MiniLM on AG News / SST-2 / Multi30k, SmolLM2 with LoRA on

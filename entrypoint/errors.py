@@ -66,8 +66,9 @@ EXIT_CODES: tuple[ExitCodeDoc, ...] = (
         143,
         "INTERRUPTED",
         (
-            "Stopped by SIGTERM or a spot interruption notice after a durable checkpoint. Rerun (or let "
-            "Batch/SageMaker retry) to resume."
+            "Stopped by SIGTERM or a spot interruption notice after a durable checkpoint: the stop checkpoint, or, "
+            "when that one could not be durable before the kill, the newest durable one (`steps_lost` says what will "
+            "be redone). Rerun (or let Batch/SageMaker retry) to resume."
         ),
         True,
     ),
