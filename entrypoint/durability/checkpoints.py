@@ -25,6 +25,7 @@ from entrypoint.durability.manifests import (
     sha256,
     store_name,
     to_delete,
+    with_files_elsewhere,
 )
 from entrypoint.errors import UserError, WorldError
 from entrypoint.io import disk, storage
@@ -194,6 +195,7 @@ class Uploaded:
     superseded: bool = False
     already: bool = False  # this step was committed by an earlier upload of this attempt: nothing sent
     files: dict | None = None  # a part's files, {rel: {size, sha256}}, for the commit (UploadRequest.part)
+    kept: tuple[str, ...] | None = None  # the complete checkpoints retention kept, newest first (None: it did not run)
 
 
 def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[str, dict | None]) -> Uploaded:
@@ -221,10 +223,17 @@ def upload_checkpoint(store: storage.Store, request: UploadRequest, cache: dict[
 
 
 def commit(
-    store: storage.Store, request: UploadRequest, files: dict, cache: dict[str, dict | None], started: float
+    store: storage.Store,
+    request: UploadRequest,
+    files: dict,
+    cache: dict[str, dict | None],
+    started: float,
+    elsewhere: dict[str, dict[str, int]] | None = None,
 ) -> Uploaded:
     """Write the manifest of checkpoint `request.step` listing `files` (uploaded already, by this
-    machine or by every machine of the job) unless a newer attempt took over the store; then retention."""
+    machine or by every machine of the job) unless a newer attempt took over the store; then retention,
+    which counts the files other machines hold in folders of their own (`elsewhere`, see
+    manifests.with_files_elsewhere) but deletes only what is here."""
     step, generation, keep_last, best_step = request.step, request.generation, request.keep_last, request.best_step
     name = store_name(step, generation)
     manifest = {"format": FORMAT, "step": step, "generation": generation, "created_unix": time.time(), "files": files}
@@ -238,14 +247,19 @@ def commit(
     durable_at = time.monotonic()
     size = sum(meta["size"] for meta in manifest["files"].values())
     removed: tuple[str, ...] = ()
+    kept: tuple[str, ...] | None = None
     try:
         # Only this attempt's checkpoints and older ones; and none at all once a newer attempt has
         # started (checked right before deleting): a stale attempt never deletes a newer one's work.
-        doomed = to_delete(scan(store, cache), keep_last, best_step, generation)
+        here = scan(store, cache)
+        whole = with_files_elsewhere(here, elsewhere or {})
+        names = {c.name for c in to_delete(whole, keep_last, best_step, generation)}
+        doomed = [c for c in here if c.name in names]
         if doomed and newest_generation(store) > generation:
             return Uploaded(step, size, durable_at - started, durable_at, superseded=True)
         delete_checkpoints(store, doomed)
         removed = tuple(c.name for c in doomed)
+        kept = tuple(c.name for c in whole if c.complete and c.name not in names)
     except Exception:
         log.warning("retention after checkpoint %d failed; it is retried after the next one", step, exc_info=True)
-    return Uploaded(step, size, durable_at - started, durable_at, removed)
+    return Uploaded(step, size, durable_at - started, durable_at, removed, kept=kept)

@@ -96,6 +96,32 @@ def to_delete(
     return [c for c in doomed if generation is None or c.generation <= generation]
 
 
+def with_files_elsewhere(checkpoints: list[Checkpoint], elsewhere: dict[str, dict[str, int]]) -> list[Checkpoint]:
+    """The checkpoints as the whole job holds them: the files listed here plus those other machines
+    hold of each ({checkpoint: {relative path: size}}). On SageMaker with several instances each
+    instance's /opt/ml/checkpoints holds its own part only (the platform syncs them all into one S3
+    prefix), so world rank 0 judges completeness for retention with the parts the others reported."""
+    return [
+        dataclasses.replace(c, files={**elsewhere[c.name], **c.files}) if c.name in elsewhere else c
+        for c in checkpoints
+    ]
+
+
+def parts_to_delete(checkpoints: list[Checkpoint], keep: list[str], generation: int) -> list[Checkpoint]:
+    """Another machine's side of world rank 0's retention, in the machine's own checkpoint folder:
+    every part older than the newest complete checkpoint (the first name in `keep`, which lists the
+    complete checkpoints retention kept) that is not kept, of this attempt or an earlier one."""
+    if not keep:
+        return []
+    match = NAME_RE.match(keep[0])
+    if match is None:
+        return []
+    newest = tuple(int(x) for x in match.groups())
+    return [
+        c for c in checkpoints if c.name not in keep and (c.step, c.generation) < newest and c.generation <= generation
+    ]
+
+
 # Files that belong to one process of a job, by world rank: the Trainer's RNG state of each process,
 # DeepSpeed ZeRO's optimizer partitions. Every other file is shared by all processes.
 RANK_FILE_RE = re.compile(r"(?:^|/)(?:rng_state_(\d+)\.pth|(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt)$")

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from entrypoint.durability.checkpoints import UploadRequest, commit, upload_checkpoint
-from entrypoint.durability.manifests import local_name, merge_parts, store_name
+from entrypoint.durability.checkpoints import UploadRequest, commit, delete_checkpoints, upload_checkpoint
+from entrypoint.durability.manifests import checkpoints_from, local_name, merge_parts, parts_to_delete, store_name
 from entrypoint.errors import FinetuneError, WorldError
 from entrypoint.io import storage
 
@@ -67,6 +67,10 @@ class CheckpointSync:
     files this machine wrote as its part of the checkpoint, and reports the part (or its failure)
     through `take_reports`; world rank 0's (`node` 0) waits for every other machine's report, handed
     to it with `deliver` (see share_parts), and only then commits one manifest listing them all.
+    Its retention counts the other machines' reported files, and what it kept goes back to them
+    (`take_reports` there, `apply_retention` here): where the checkpoint location is each machine's
+    own folder (SageMaker's /opt/ml/checkpoints, synced by the platform into one S3 prefix), each
+    machine deletes its own parts of the checkpoints world rank 0 removed.
     """
 
     def __init__(
@@ -97,7 +101,8 @@ class CheckpointSync:
         self._manifests: dict[str, dict | None] = {}
         self.node, self.nodes = node, nodes
         self._parts: dict[int, dict[int, dict]] = {}  # world rank 0: {step: {node: report}}
-        self._reports: list[dict] = []  # another machine: its parts' reports, until taken
+        self._elsewhere: dict[str, dict[str, int]] = {}  # world rank 0: other machines' files of each commit
+        self._reports: list[dict] = []  # news for the other machines, until taken (see share_parts)
         self._worker = uploader
         self._cancelled_step: int | None = None
         self._thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
@@ -238,8 +243,16 @@ class CheckpointSync:
             )
             return
         if request.part:  # world rank 0: every machine's part, then one manifest for them all
-            assert done.files is not None
-            done = commit(self.store, request, self._await_parts(step, done.files), self._manifests, started)
+            own = done.files
+            assert own is not None
+            files = self._await_parts(step, own)
+            name = store_name(step, self.generation)
+            self._elsewhere[name] = {rel: meta["size"] for rel, meta in files.items() if rel not in own}
+            done = commit(self.store, request, files, self._manifests, started, self._elsewhere)
+            if done.kept is not None:  # the other machines delete their parts of what retention removed
+                self._elsewhere = {n: f for n, f in self._elsewhere.items() if n in done.kept}
+                with self._lock:
+                    self._reports.append({"keep": list(done.kept)})
         if done.durable_at is not None and not (done.already and self.stats.durable_step == step):
             self.stats.durable_step = step
             self.stats.durable_at = done.durable_at
@@ -269,7 +282,8 @@ class CheckpointSync:
                 self._reports.append({"step": step, "node": self.node, "files": files, "error": error})
 
     def take_reports(self) -> list[dict]:
-        """The reports of this machine's parts since the last call (see share_parts)."""
+        """This machine's news since the last call (see share_parts): another machine's reports of its
+        parts; world rank 0's retention (the complete checkpoints it kept)."""
         with self._lock:
             reports, self._reports = self._reports, []
         return reports
@@ -279,6 +293,21 @@ class CheckpointSync:
         with self._lock:
             self._parts.setdefault(report["step"], {})[report["node"]] = report
             self._lock.notify_all()
+
+    def apply_retention(self, news: dict) -> None:
+        """Another machine: world rank 0's retention applied to this machine's parts, where the
+        checkpoint location is a folder of this machine (an S3 prefix is one store for all machines:
+        world rank 0's retention has covered it)."""
+        if not isinstance(self.store, storage.LocalStore):
+            return
+        try:
+            doomed = parts_to_delete(checkpoints_from(self.store.list(), {}), news["keep"], self.generation)
+            delete_checkpoints(self.store, doomed)
+        except OSError as exc:
+            log.warning("removing this machine's parts of older checkpoints failed (%s); retried later", exc)
+            return
+        if doomed:
+            log.info("retention removed this machine's parts of %s", ", ".join(c.name for c in doomed))
 
     def _await_parts(self, step: int, own: dict) -> dict:
         """The files of checkpoint `step` from every machine, once each has reported its part;
@@ -312,14 +341,18 @@ class CheckpointSync:
 
 
 def share_parts(sync: CheckpointSync | None, nodes: int) -> None:
-    """Hand the reports of the other machines' parts to world rank 0's CheckpointSync. Every process
-    calls it at the same point (a step's end, the end of training): one small all-reduce when no
-    machine has news, an all-gather of the reports when one has."""
+    """Hand the reports of the other machines' parts to world rank 0's CheckpointSync, and world
+    rank 0's retention to the others'. Every process calls it at the same point (a step's end, the
+    end of training): one small all-reduce when no machine has news, an all-gather when one has."""
     if nodes == 1:
         return
     from entrypoint.parallel import collectives
 
-    mine = sync.take_reports() if sync is not None and sync.node > 0 else []
-    for report in collectives.gather_if_any(mine):
-        if sync is not None and sync.node == 0:
-            sync.deliver(report)
+    mine = sync.take_reports() if sync is not None else []
+    for news in collectives.gather_if_any(mine):
+        if sync is None:
+            continue
+        if "keep" in news and sync.node > 0:
+            sync.apply_retention(news)
+        elif "step" in news and sync.node == 0:
+            sync.deliver(news)

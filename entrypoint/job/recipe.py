@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ class TrainingJob:
                 return sources.fetch_model(settings, self.model_source, self.mirror, work)
 
         with self.stages.timed("model_download"):
-            self.model_source = on_main(mirror)
+            self.model_source = self._on_cache_main(self.mirror.store.uri, mirror)
             self.model_dir = on_local_main(fetch)
         modeling.check_model(self.model_dir, settings)
         self.tokenizer = modeling.load_tokenizer(self.model_dir, settings.model)
@@ -176,7 +176,9 @@ class TrainingJob:
     def setup_data_sources(self) -> None:
         """What the data is, identified by its content (a Hub data set pinned and mirrored first)."""
         with self.stages.timed("data_sources"):
-            self.data_sources = on_main(sources.data_sources, self.settings, self.mirror, self.work.root)
+            self.data_sources = self._on_cache_main(
+                self.mirror.store.uri, sources.data_sources, self.settings, self.mirror, self.work.root
+            )
 
     def prepare_data(self, settings: JobSettings) -> tasks.Prepared:
         """The tokenized data sets and the task's info for `settings` (also each tune trial's): the
@@ -194,7 +196,9 @@ class TrainingJob:
         if not settings.cache_prepared_data:
             return in_turn(build)
         cache = prepared.Cache(config.cache_uri(settings, self.runtime), work, settings.transfer_concurrency)
-        key, inputs = on_main(prepared.key_for, settings, self.model_dir, self.data_sources)
+        key, inputs = self._on_cache_main(
+            cache.store.uri, prepared.key_for, settings, self.model_dir, self.data_sources
+        )
         with self.stages.timed("prepared_load"):
             folder = on_local_main(cache.fetch, key)
         self.prepared_hit = folder is not None
@@ -204,13 +208,22 @@ class TrainingJob:
                 with disk.room_for(work, "saving the prepared data", needed):
                     cache.save(key, inputs, build, self.stages)
 
-            on_main(save)
+            self._on_cache_main(cache.store.uri, save)
             with self.stages.timed("prepared_load"):
                 folder = on_local_main(cache.fetch, key, False)
             if folder is None:
                 raise WorldError(f"the prepared data just saved at {cache.store.uri} (key {key}) is gone; try again")
         with self.stages.timed("prepared_load"):
             return prepared.read(folder)
+
+    def _on_cache_main(self, cache_uri: str, fn: Callable, *args) -> Any:
+        """fn(*args) by the process that keeps the cache at `cache_uri` (Hub mirrors, prepared data):
+        world rank 0 when it is one store for every machine; each machine's first process when it is
+        a folder (on SageMaker with several instances it is under each instance's own
+        /opt/ml/checkpoints). Its result on every process."""
+        if self.layout.count > 1 and not storage.is_s3(cache_uri):
+            return on_local_main(fn, *args)
+        return on_main(fn, *args)
 
     def _setup_model(self) -> None:
         settings, task, info = self.settings, self.task, self.prepared.info
@@ -281,6 +294,7 @@ class TrainingJob:
         Otherwise: evaluate, save, and publish the model with metrics.json."""
         self._end_other_machines_uploads()
         figures = on_main(self._end_attempt)
+        share_parts(self.sync, self.layout.count)  # world rank 0's last retention reaches the other machines
         if self.stopper.stopped_at_step is not None:
             interruption.raise_interrupted(self.stop, figures, self.stopper.skipped_step is not None)
         metrics: dict[str, Any] = self.trainer.evaluate() if self.eval_ds is not None else {}

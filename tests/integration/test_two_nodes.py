@@ -1,15 +1,20 @@
 """Two machines on one: two `finetune train` launchers, each with its own FT_WORK_DIR (a node's
 local disk), joined as an AWS Batch multi-node parallel job (AWS_BATCH_JOB_NUM_NODES=2, gloo on
-CPU). Every machine's files reach the checkpoint; world rank 0 commits one manifest only when both
-parts are there; a resume on both machines matches an uninterrupted run bit for bit."""
+CPU) or as a SageMaker training job on two instances (each with its own /opt/ml). Every machine's
+files reach the checkpoint; world rank 0 commits one manifest only when both parts are there; a
+resume on both machines matches an uninterrupted run bit for bit."""
 
 import json
+import shutil
 import signal
 import socket
 
 import psutil
 import pytest
 
+from entrypoint.durability import checkpoints as ck
+from entrypoint.durability import manifests as mf
+from entrypoint.io.storage import LocalStore
 from tests.integration.conftest import assert_same_weights, final_weights, settings
 from tests.support import jobs
 from tests.support.fakes import FaultProxy
@@ -140,3 +145,99 @@ def test_kill_9_of_the_other_node_during_its_upload_leaves_that_checkpoint_incom
     assert codes == [0, 0], resumed[0].output()[-3000:] + resumed[1].output()[-3000:]
     assert "skipping checkpoint checkpoint-000000016-g0001: incomplete" in resumed[0].output()
     assert "restored checkpoint checkpoint-000000008-g0001 (step 8)" in resumed[1].output()
+
+
+# SageMaker's hosts are algo-1, algo-2, ... resolved by the cluster's DNS; here the first (sorted)
+# host, the master every instance connects to, must resolve on this machine.
+HOSTS = ["localhost", "node-b"]
+
+
+def instance_env(aws_env, job_inputs, tiny_assets, bucket, run, tmp_path, node, port, **extra):
+    """Instance `node` of a two-instance SageMaker training job: its own /opt/ml (the training data
+    in its channel, checkpoints in /opt/ml/checkpoints, SageMaker's default) and its own disk."""
+    root = tmp_path / f"opt_ml-{run}-{node}"
+    config = root / "input" / "config"
+    if not config.exists():
+        config.mkdir(parents=True)
+        for channel, name in (("train", "train.csv"), ("validation", "eval.csv")):
+            (root / "input" / "data" / channel).mkdir(parents=True)
+            shutil.copy(tiny_assets / name, root / "input" / "data" / channel / name)
+        (config / "resourceconfig.json").write_text(json.dumps({"current_host": HOSTS[node], "hosts": HOSTS}))
+        (config / "inputdataconfig.json").write_text(json.dumps({"train": {}, "validation": {}}))
+    inputs = {k: v for k, v in job_inputs.items() if k not in ("train_data", "eval_data")}
+    inputs.update(output_uri=f"s3://{bucket}/runs/{run}/", num_processes="1", ddp_backend="gloo", **extra)
+    env = jobs.child_env(aws_env, **inputs)
+    env.update(
+        FT_WORK_DIR=str(tmp_path / f"work-{run}-node{node}"),
+        SAGEMAKER_BASE_DIR=str(root),
+        TRAINING_JOB_NAME=f"job-{run}",
+        AWS_EC2_METADATA_DISABLED="true",
+        MASTER_PORT=str(port),
+    )
+    return env, root / "checkpoints"
+
+
+def restored_by_the_platform(folders):
+    """What SageMaker puts into each instance's /opt/ml/checkpoints before a restart: everything
+    every instance synced to the checkpoint_s3_uri prefix (deletions included)."""
+    union = {}
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                union[path.relative_to(folder)] = path
+    for folder in folders:
+        for rel, path in union.items():
+            if not (folder / rel).exists():
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, folder / rel)
+
+
+def test_sagemaker_two_instances_each_with_its_own_checkpoint_folder(
+    aws_env, bucket, job_inputs, tiny_assets, tmp_path
+):
+    short = {"max_steps": str(STEPS), "logging_steps": "1", "save_steps": "6", "checkpoint_keep_last": "1"}
+    port = free_port()
+    straight = [
+        jobs.Job(
+            instance_env(aws_env, job_inputs, tiny_assets, bucket, "sm-straight", tmp_path, n, port, **short)[0],
+            tmp_path,
+        )
+        for n in (0, 1)
+    ]
+    codes = finish(straight)
+    assert codes == [0, 0], straight[0].output()[-3000:] + straight[1].output()[-3000:]
+    assert "host node-b of 2" in straight[1].output() and "of 2 (master localhost" in straight[1].output()
+
+    made = [
+        instance_env(aws_env, job_inputs, tiny_assets, bucket, "sm-stopped", tmp_path, n, port + 1, **short)
+        for n in (0, 1)
+    ]
+    folders = [folder for _, folder in made]
+    stopped = [jobs.Job(env, tmp_path) for env, _ in made]
+    stopped[0].wait_for("[metrics] step=15 ", timeout_s=300)
+    stopped[1].signal(signal.SIGTERM)
+    codes = finish(stopped)
+    assert codes == [143, 143], stopped[0].output()[-3000:] + stopped[1].output()[-3000:]
+    step = stopped[0].stop_step()
+    assert 15 <= step < STEPS
+    # each instance's folder holds its own part; world rank 0's manifest lists both
+    newest = mf.store_name(step, 1)
+    manifest = ck.read_manifest(LocalStore(str(folders[0])), newest)
+    assert {"model.safetensors", "rng_state_0.pth", "rng_state_1.pth"} <= set(manifest["files"])
+    assert not (folders[0] / newest / "rng_state_1.pth").exists()
+    assert sorted(p.name for p in (folders[1] / newest).iterdir()) == ["rng_state_1.pth"]
+    # retention (keep 1) removed the older checkpoints from both instances' folders, so from the prefix too
+    for folder in folders:
+        assert sorted(p.name for p in folder.glob("checkpoint-*")) == [newest], folder
+
+    restored_by_the_platform(folders)
+    made = [
+        instance_env(aws_env, job_inputs, tiny_assets, bucket, "sm-stopped", tmp_path, n, port + 2, **short)
+        for n in (0, 1)
+    ]
+    resumed = [jobs.Job(env, tmp_path) for env, _ in made]
+    codes = finish(resumed)
+    assert codes == [0, 0], resumed[0].output()[-3000:] + resumed[1].output()[-3000:]
+    for node in resumed:
+        assert f"restored checkpoint {mf.store_name(step, 1)} (step {step})" in node.output()
+    assert_same_weights(final_weights(bucket, "sm-straight"), final_weights(bucket, "sm-stopped"))

@@ -177,3 +177,55 @@ def test_restore_on_a_machine_takes_its_own_ranks_files_and_the_shared_ones(tmp_
         "rng_state_3.pth",
         "trainer_state.json",
     ]
+
+
+def exchange(main, other):
+    """share_parts by hand: the other machine's reports to world rank 0, world rank 0's news back."""
+    for report in other.take_reports():
+        main.deliver(report)
+
+
+def test_retention_with_a_checkpoint_folder_on_each_machine_removes_every_machines_parts(tmp_path):
+    # SageMaker with two instances: each has its own /opt/ml/checkpoints, synced into one S3 prefix
+    here, there = LocalStore(str(tmp_path / "opt_ml_0")), LocalStore(str(tmp_path / "opt_ml_1"))
+    main = CheckpointSync(here, tmp_path / "staging0", 1, keep_last=2, node=0, nodes=2)
+    other = CheckpointSync(there, tmp_path / "staging1", 1, keep_last=2, node=1, nodes=2)
+    for step in (4, 8, 12):
+        save(tmp_path, main, other, step)
+        assert other.wait(30)
+        exchange(main, other)
+        assert main.wait(30) and main.stats.durable_step == step
+        for news in main.take_reports():
+            other.apply_retention(news)
+    # world rank 0 sees only its own files, yet it judged 4 complete and removed it everywhere
+    assert [c.step for c in ck.scan(here)] == [12, 8]
+    assert [c.step for c in mf.checkpoints_from(there.list(), {})] == [12, 8]
+    # what the platform makes of both folders: the kept checkpoints complete, nothing else
+    union = LocalStore(str(tmp_path / "s3_prefix"))
+    for store in (here, there):
+        for key in store.list():
+            union.upload_file(store.root / key, key)
+    assert [(c.step, c.complete) for c in ck.scan(union)] == [(12, True), (8, True)]
+
+
+def test_a_machine_keeps_its_parts_that_world_rank_0_has_not_judged(tmp_path):
+    there = LocalStore(str(tmp_path / "opt_ml_1"))
+    other = CheckpointSync(there, tmp_path / "staging1", 2, keep_last=1, node=1, nodes=2)
+    for step, generation in ((4, 1), (6, 2), (8, 2), (12, 2)):  # 4: an earlier attempt's; 12: newer than the news
+        there.upload_file(
+            node_folder(tmp_path / f"n1-{step}", step, (1,), shared=False) / "rng_state_1.pth",
+            f"{mf.store_name(step, generation)}/rng_state_1.pth",
+        )
+    other.apply_retention({"keep": [mf.store_name(8, 2)]})
+    assert [c.step for c in mf.checkpoints_from(there.list(), {})] == [12, 8]
+    # an S3 prefix is one store for every machine: world rank 0's retention covered it already
+    assert mf.parts_to_delete(mf.checkpoints_from(there.list(), {}), [], 2) == []
+
+
+def test_with_files_elsewhere_completes_a_checkpoint_only_with_the_listed_sizes():
+    manifest = {"format": mf.FORMAT, "files": {"a": {"size": 1}, "rng_state_1.pth": {"size": 10}}}
+    cp = mf.Checkpoint(mf.store_name(4, 1), 4, 1, {"a": 1, mf.MANIFEST: 5}, manifest)
+    assert not cp.complete
+    assert mf.with_files_elsewhere([cp], {cp.name: {"rng_state_1.pth": 10}})[0].complete
+    assert not mf.with_files_elsewhere([cp], {cp.name: {"rng_state_1.pth": 9}})[0].complete
+    assert not mf.with_files_elsewhere([cp], {"checkpoint-000000008-g0001": {"rng_state_1.pth": 10}})[0].complete
