@@ -34,13 +34,29 @@ def notice_kill_at(body: str, wall_now: float, monotonic_now: float) -> float | 
     return monotonic_now + left_s if left_s > 0 else None
 
 
-def kill_at(requested_at: float, notice_at: float | None, grace_s: float, grace_overridden: bool = False) -> float:
+def kill_at(
+    requested_at: float,
+    notice_at: float | None,
+    grace_s: float,
+    grace_overridden: bool = False,
+    signalled_at: float | None = None,
+) -> float:
     """When (time.monotonic()) the platform kills the job after a stop requested at `requested_at`:
-    the time the spot notice gave (`notice_at`), else `grace_s` after the request. An explicit
+    the time the spot notice gave (`notice_at`), or `grace_s` after a SIGTERM that came after the
+    notice (`signalled_at`) if that is sooner; else `grace_s` after the request. An explicit
     FT_STOP_GRACE_SECONDS (`grace_overridden`) wins over the notice."""
     if notice_at is not None and not grace_overridden:
-        return notice_at
+        return notice_at if signalled_at is None else min(notice_at, signalled_at + grace_s)
     return requested_at + grace_s
+
+
+def deadline_source(notice_at: float | None, grace_s: float, grace_overridden: bool, signalled_at: float | None) -> str:
+    """Where the kill time of `kill_at` came from, in words for the job's messages."""
+    if notice_at is not None and not grace_overridden:
+        if signalled_at is not None and signalled_at + grace_s < notice_at:
+            return f"{grace_s:.0f} s after SIGTERM (the platform's grace; FT_STOP_GRACE_SECONDS sets it)"
+        return "the time in the spot interruption notice"
+    return f"{grace_s:.0f} s after the stop request (the platform's grace; FT_STOP_GRACE_SECONDS sets it)"
 
 
 def durable_by(requested_at: float, kill: float) -> float:

@@ -34,11 +34,14 @@ class StopRequest:
         self.signal: int | None = None
         self.requested_at: float | None = None  # time.monotonic()
         self.deadline_at: float | None = None  # time.monotonic() of the kill, when the request said it (spot notice)
+        self.signalled_at: float | None = None  # time.monotonic() of the first signal, a notice's request or not
         self.count = 0
 
     def request(self, reason: str, signum: int | None = None, deadline_at: float | None = None) -> None:
         # Called from a signal handler: assignments only, no I/O, no locks.
         self.count += 1
+        if signum is not None and self.signalled_at is None:  # after a notice, SIGTERM starts the grace
+            self.signalled_at = time.monotonic()
         if not self._event.is_set():
             self.reason, self.signal, self.requested_at = reason, signum, time.monotonic()
             self.deadline_at = deadline_at
@@ -272,8 +275,13 @@ def stop_deadline(stop: StopRequest, grace_s: float, grace_overridden: bool = Fa
     `grace_overridden`, wins over the notice); a margin is kept to report and exit. None without a request."""
     if stop.requested_at is None:
         return None
-    kill = deadline.kill_at(stop.requested_at, stop.deadline_at, grace_s, grace_overridden)
+    kill = deadline.kill_at(stop.requested_at, stop.deadline_at, grace_s, grace_overridden, stop.signalled_at)
     return deadline.durable_by(stop.requested_at, kill)
+
+
+def deadline_source(stop: StopRequest, grace_s: float, grace_overridden: bool = False) -> str:
+    """Where stop_deadline's kill time came from, for the job's messages."""
+    return deadline.deadline_source(stop.deadline_at, grace_s, grace_overridden, stop.signalled_at)
 
 
 def raise_interrupted(stop: StopRequest, figures: dict, skipped: bool = False) -> None:

@@ -390,9 +390,8 @@ class TrainingJob:
         assert self.sync is not None
         if self.stop.is_set():
             grace = config.stop_grace_seconds(self.settings, self.runtime)
-            return self.sync.unfinished(
-                f"before the platform's kill after the stop ({grace:.0f} s, FT_STOP_GRACE_SECONDS)"
-            )
+            source = interruption.deadline_source(self.stop, grace, self.settings.stop_grace_seconds is not None)
+            return self.sync.unfinished(f"before the platform's kill after the stop ({source})")
         return self.sync.unfinished(f"within {time.monotonic() - waited_since:.0f} s (FT_UPLOAD_TIMEOUT_SECONDS)")
 
     # -- cleanup ------------------------------------------------------------------------------

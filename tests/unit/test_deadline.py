@@ -36,6 +36,20 @@ def test_the_kill_comes_at_the_notices_time_else_after_the_grace_and_a_set_grace
     assert deadline.kill_at(100.0, 215.0, 60.0, grace_overridden=True) == 160.0  # FT_STOP_GRACE_SECONDS
 
 
+def test_a_sigterm_after_the_notice_brings_the_kill_forward_when_its_grace_ends_sooner():
+    assert deadline.kill_at(100.0, 215.0, 30.0, signalled_at=150.0) == 180.0  # SIGTERM + 30 s < the notice's time
+    assert deadline.kill_at(100.0, 215.0, 30.0, signalled_at=200.0) == 215.0  # the notice's time is sooner
+    assert deadline.kill_at(100.0, None, 30.0, signalled_at=100.0) == 130.0  # SIGTERM alone
+
+
+def test_the_deadlines_source_is_named_as_it_was_decided():
+    assert "spot interruption notice" in deadline.deadline_source(215.0, 30.0, False, None)
+    assert "30 s after SIGTERM" in deadline.deadline_source(215.0, 30.0, False, 150.0)
+    assert "spot interruption notice" in deadline.deadline_source(215.0, 30.0, False, 200.0)
+    assert "60 s after the stop request" in deadline.deadline_source(215.0, 60.0, True, None)
+    assert "30 s after the stop request" in deadline.deadline_source(None, 30.0, False, 100.0)
+
+
 def test_a_margin_is_kept_before_the_kill_to_report_and_exit():
     assert deadline.durable_by(100.0, 220.0) == 210.0  # at most STOP_MARGIN_S
     assert deadline.durable_by(100.0, 120.0) == 115.0  # a quarter of a short grace

@@ -6,6 +6,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
 from transformers import TrainerControl, TrainerState
 
 from entrypoint.config import settings as config
@@ -128,6 +129,17 @@ def test_a_spot_notice_sets_the_deadline_its_time_gives_and_a_set_grace_override
     signalled = interruption.StopRequest()
     signalled.request("SIGTERM", signal.SIGTERM)
     assert signalled.deadline_at is None and interruption.stop_deadline(signalled, 30) == signalled.requested_at + 22.5
+
+
+def test_a_sigterm_after_a_spot_notice_moves_the_deadline_to_its_grace_when_that_is_sooner():
+    stop = interruption.StopRequest()
+    stop.request("spot-interruption-notice", deadline_at=time.monotonic() + 100)
+    assert stop.signalled_at is None
+    stop.request("SIGTERM", signal.SIGTERM)  # e.g. ECS stops the task before the notice's time
+    assert stop.reason == "spot-interruption-notice" and stop.signalled_at is not None
+    assert interruption.stop_deadline(stop, 30) == pytest.approx(stop.signalled_at + 22.5)
+    assert "30 s after SIGTERM" in interruption.deadline_source(stop, 30)
+    assert interruption.stop_deadline(stop, 120) == stop.deadline_at - interruption.STOP_MARGIN_S
 
 
 def test_the_poller_takes_the_deadline_from_the_notices_time():
