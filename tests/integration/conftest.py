@@ -34,6 +34,18 @@ def job_inputs(tiny_assets, bucket):
     }
 
 
+@pytest.fixture(scope="session")
+def bert_22m_assets(tiny_assets, tmp_path_factory):
+    """A ~22M-parameter classifier with the tiny model's tokenizer (see tiny.build_bert_classifier)."""
+    return tiny.build_bert_classifier(tmp_path_factory.mktemp("bert-22m") / "model", tiny_assets / "model")
+
+
+@pytest.fixture
+def bert_22m_model(bert_22m_assets, bucket):
+    """The S3 URI of that model in this test's bucket (~90 MB): FT_MODEL instead of job_inputs' tiny one."""
+    return jobs.upload_folder(bert_22m_assets, bucket, "models/bert-22m/")
+
+
 def settings(job_inputs, bucket, run, tmp_path, **extra):
     return dict(job_inputs, output_uri=f"s3://{bucket}/runs/{run}/", work_dir=str(tmp_path / f"work-{run}"), **extra)
 

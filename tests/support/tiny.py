@@ -1,4 +1,5 @@
-"""Tiny random-initialised models for fast tests (seconds on a CPU)."""
+"""Tiny random-initialised models for fast tests (seconds on a CPU), and one of BERT-small size for
+tests that need a checkpoint of realistic size."""
 
 from __future__ import annotations
 
@@ -60,4 +61,27 @@ def build_tiny_bert(folder: Path, texts: list[str]) -> Path:
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
+    return folder
+
+
+def build_bert_classifier(folder: Path, tokenizer_folder: Path) -> Path:
+    """A randomly initialised BERT sequence classifier of ~22M parameters (3 layers of BERT-base width)
+    with the tokenizer in `tokenizer_folder` (a tiny one's): model.safetensors ~90 MB, a checkpoint
+    with its AdamW state ~270 MB. A training step takes about half a second on one CPU thread."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=768,
+        num_hidden_layers=3,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
