@@ -62,6 +62,40 @@ def check_model(folder: Path, settings) -> None:
     code when loaded, only with FT_ALLOW_PICKLE_WEIGHTS)."""
     check_config(folder, settings)
     check_weights(folder, settings)
+    check_attention(getattr(settings, "attn_implementation", None))
+
+
+FLASH_PACKAGES = {
+    "flash_attention_2": "flash_attn (pip install flash-attn)",
+    "flash_attention_3": "flash_attn_interface",
+}
+
+
+def attention_problem(requested: str | None, cuda: bool, installed: bool) -> str | None:
+    """Why FT_ATTN_IMPLEMENTATION cannot run here (FlashAttention needs a CUDA GPU and its package),
+    or None (pure: see check_attention)."""
+    if requested not in FLASH_PACKAGES or (cuda and installed):
+        return None
+    missing = (
+        "this machine has no CUDA GPU" if not cuda else f"the package {FLASH_PACKAGES[requested]} is not installed"
+    )
+    return (
+        f"FT_ATTN_IMPLEMENTATION={requested} needs a CUDA GPU and {FLASH_PACKAGES[requested]}; {missing}. "
+        "Unset FT_ATTN_IMPLEMENTATION (transformers' default, SDPA where the model has it) or set it to sdpa."
+    )
+
+
+def check_attention(requested: str | None) -> None:
+    """FT_ATTN_IMPLEMENTATION that this machine cannot run, as the user's error before the model loads
+    (transformers would fail at from_pretrained with an ImportError)."""
+    if requested not in FLASH_PACKAGES:
+        return
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    installed = is_flash_attn_2_available() if requested == "flash_attention_2" else is_flash_attn_3_available()
+    problem = attention_problem(requested, torch.cuda.is_available(), installed)
+    if problem:
+        raise UserError(problem)
 
 
 def check_config(folder: Path, settings) -> None:
@@ -170,7 +204,7 @@ def attention_reason(
     if requested and implementation == requested:
         return f"{implementation}: FT_ATTN_IMPLEMENTATION asks for it"
     flash = (
-        "flash_attention_2 is installed but runs only when asked for"
+        "flash_attention_2 is installed but not used (FT_GPU_DEFAULTS uses it on an Ampere or newer GPU in bf16/fp16)"
         if flash_installed
         else "flash_attention_2 not installed"
     )

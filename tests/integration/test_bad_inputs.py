@@ -499,6 +499,13 @@ def _cases() -> list[Case]:
             prepare=lambda run: run.settings.update(model=f"s3://{run.bucket}/cases/{run.case}/nothing/"),
         ),
         Case(
+            "flash-attention-here",
+            "model",
+            "`FT_ATTN_IMPLEMENTATION=flash_attention_2` on a machine without CUDA or flash_attn",
+            ("FT_ATTN_IMPLEMENTATION=flash_attention_2", "needs a CUDA GPU", "set it to sdpa"),
+            {"attn_implementation": "flash_attention_2"},
+        ),
+        Case(
             "model-no-config",
             "model",
             "a model folder without config.json",

@@ -321,3 +321,24 @@ def test_a_model_with_flash_attention_on_the_cpu_is_probed_with_sdpa_in_its_plac
     model.config._attn_implementation = "flash_attention_2"
     assert padding_free.keeps_examples_apart(model)
     assert switched == ["sdpa", "flash_attention_2"] and model.config._attn_implementation == "flash_attention_2"
+
+
+@pytest.mark.parametrize(
+    "requested, cuda, installed, says",
+    [
+        ("flash_attention_2", False, False, "this machine has no CUDA GPU"),
+        ("flash_attention_2", True, False, "flash_attn (pip install flash-attn) is not installed"),
+        ("flash_attention_3", True, False, "flash_attn_interface is not installed"),
+        ("flash_attention_2", True, True, None),
+        ("sdpa", False, False, None),
+        (None, False, False, None),
+    ],
+)
+def test_flash_attention_that_cannot_run_here_is_the_users_error(requested, cuda, installed, says):
+    from entrypoint.job.modeling import attention_problem
+
+    problem = attention_problem(requested, cuda, installed)
+    if says is None:
+        assert problem is None
+    else:
+        assert says in problem and f"FT_ATTN_IMPLEMENTATION={requested}" in problem and "set it to sdpa" in problem
