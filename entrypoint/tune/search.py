@@ -143,7 +143,16 @@ def run(environ: Mapping[str, str], runtime, settings, started: float) -> dict:
             job.setup_model_files()
             job.setup_data_sources()
             trials = Trials(
-                environ, runtime, settings, task, search, job.prepare_data, job.model_dir, job.tokenizer, job.stop
+                environ,
+                runtime,
+                settings,
+                task,
+                search,
+                job.prepare_data,
+                job.model_dir,
+                job.tokenizer,
+                job.stop,
+                job.threads.dataloader_workers,  # the job's CPU plan (setup_workspace)
             )
             for _ in range(remaining):
                 if job.stop.is_set():
@@ -217,11 +226,14 @@ class Trials:
     """Runs one trial: the job's settings with the trial's values, the seeded base model, the
     task's Trainer, then an evaluation."""
 
-    def __init__(self, environ, runtime, settings, task, search: Plan, prepare, model_dir, tokenizer, stop):
+    def __init__(
+        self, environ, runtime, settings, task, search: Plan, prepare, model_dir, tokenizer, stop, dataloader_workers=0
+    ):
         self.environ, self.runtime, self.settings, self.task, self.search = environ, runtime, settings, task, search
         # settings -> the tokenized data and the task's info, from the prepared data at FT_CACHE_URI
         self.prepare, self.model_dir, self.tokenizer, self.stop = prepare, model_dir, tokenizer, stop
         self.per_trial_data = bool(RETOKENIZE & {p.name for p in search.space})
+        self.dataloader_workers = dataloader_workers  # FT_DATALOADER_NUM_WORKERS' default, as for training
         self.data = None if self.per_trial_data else prepare(settings)
 
     def run(self, trial) -> Outcome:
@@ -237,7 +249,7 @@ class Trials:
         work = workspace.prepare(settings.work_dir)  # fresh scratch folders for each trial
         data = self.prepare(settings) if self.per_trial_data else self.data
         task, info, train_ds, eval_ds = self.task, data.info, data.train, data.eval
-        args = training.arguments_for(settings, task, work.checkpoints)
+        args = training.arguments_for(settings, task, work.checkpoints, self.dataloader_workers)
         model = adapters.apply(task.load_model(self.model_dir, settings.model, info, settings, args.seed), settings)
         stopper = interruption.StopOnRequest(self.stop)
         pruner = PruneOnEvaluation(trial, self.search.metric)
