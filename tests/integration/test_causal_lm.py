@@ -81,6 +81,9 @@ def test_packed_text_sigterm_and_resume_is_bitwise_identical_with_perplexity(aws
         assert f"runs/interrupted/{name}" in jobs.s3_keys(bucket, "runs/interrupted/")
 
 
+# The default suite keeps a causal-LM stop and bit-exact resume (the packed test above), padding-free
+# batches in a real job (the chat test below) and their numerics and plan (unit test_causal_lm.py).
+@pytest.mark.slow
 def test_padding_free_instructions_sigterm_and_resume_is_bitwise_identical(aws_env, bucket, inputs, tmp_path):
     common = {
         "prompt_column": "prompt",
@@ -119,6 +122,7 @@ def test_chat_data_trains_on_assistant_turns_and_writes_a_loadable_model(aws_env
     )
     rc, out = jobs.run(jobs.child_env(aws_env, **settings), tmp_path)
     assert rc == 0, out[-3000:]
+    assert "padding-free batches: 4 examples flattened per batch with position ids" in out
     metrics = json.loads(jobs.s3_bytes(bucket, "runs/chat/metrics.json"))
     assert metrics["global_step"] == 8 and metrics["eval_perplexity"] > 1
     config = json.loads(jobs.s3_bytes(bucket, "runs/chat/config.json"))

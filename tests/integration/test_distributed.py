@@ -48,6 +48,10 @@ def test_two_processes_train_and_only_rank_zero_uploads(aws_env, bucket, job_inp
     )
 
 
+# The default suite keeps a stop agreed by two ranks and a resume that matches bit for bit
+# (test_two_nodes.py's SIGTERM test), a stop at the next step boundary (test_causal_lm.py), and the
+# launcher forwarding a stop to every local process (unit test_distributed.py).
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_both_at_one_step_and_resume_matches(aws_env, bucket, job_inputs, tmp_path):
     short = {"max_steps": "60", **jobs.STOPPABLE}
     rc, out = jobs.run(

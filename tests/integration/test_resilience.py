@@ -103,6 +103,11 @@ def kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills: int, seed: int, 
     all_complete_checkpoints_verify(bucket, "runs/killed/checkpoints/", tmp_path)
 
 
+# The default suite keeps what a kill -9 relies on: a newer incomplete checkpoint skipped at restore
+# (test_sagemaker_mode_uses_the_synced_folder_and_skips_an_incomplete_restore here; unit
+# test_checkpoints.py), a resume as exact as an uninterrupted run (the spot notice test), the upload
+# process dying with a killed job (test_checkpoints.py); make test-slow runs both campaigns.
+@pytest.mark.slow
 def test_kill_9_campaign_short(aws_env, bucket, job_inputs, tmp_path):
     kill_campaign(aws_env, bucket, job_inputs, tmp_path, kills=5, seed=1234, epochs="8")
 
@@ -161,6 +166,10 @@ def test_a_failed_final_model_upload_fails_the_job(aws_env, bucket, job_inputs, 
     assert "runs/final/metrics.json" not in jobs.s3_keys(bucket, "runs/final/")  # never taken for complete
 
 
+# The default suite keeps the fences one by one: a superseded upload commits nothing and its retention
+# deletes nothing of the newer attempt (unit test_checkpoints.py), nor does it publish the model (exit
+# 75, test_outputs.py), and a superseded main process stops every rank (test_distributed.py).
+@pytest.mark.slow
 def test_a_stale_attempt_cannot_corrupt_the_newer_one(aws_env, bucket, job_inputs, tmp_path):
     """Attempt 1 is stopped (SIGTERM) at step ~100 with a checkpoint. Attempt 2, the stale one, trains
     with another seed, so that anything it writes differs from what this job writes; it is frozen

@@ -77,3 +77,40 @@ def test_a_tensorboard_sync_to_an_unusable_folder_warns_once_and_training_goes_o
         sync.sync()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "TensorBoard sync" in r.getMessage()]
     assert len(warnings) == 1 and "training goes on" in warnings[0].getMessage()
+
+
+def test_a_superseded_attempt_stops_training_at_the_next_step(tmp_path):
+    from entrypoint.durability import attempts
+    from entrypoint.durability.sync import CheckpointSync
+    from entrypoint.io.storage import LocalStore
+
+    store = LocalStore(str(tmp_path / "store"))
+    stale = attempts.claim_generation(store, "this attempt")
+    attempts.claim_generation(store, "a newer attempt of the same job")
+    sync = CheckpointSync(store, tmp_path / "staging", stale, keep_last=1)
+
+    class UploadedAtStep3(TrainerCallback):  # the upload of checkpoint 2 (saved after step 2) has ended
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                assert sync.wait(30)
+            return control
+
+    generator = torch.Generator().manual_seed(0)
+    data = [{"x": torch.randn(2, generator=generator), "y": torch.randn((), generator=generator)} for _ in range(40)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "checkpoints"),
+        save_strategy="steps",
+        save_steps=2,
+        max_steps=20,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=Tiny(), args=args, train_dataset=data, callbacks=[UploadedAtStep3(), callbacks.SyncCheckpoints(sync)]
+    )
+    trainer.train()
+    sync.close()
+    assert sync.superseded and trainer.state.global_step == 3  # not the 20 it was asked for

@@ -17,7 +17,7 @@ import pytest
 from entrypoint import __main__ as cli
 from entrypoint.config import sensitive
 from entrypoint.errors import UserError, WorldError
-from entrypoint.io import secret_store
+from entrypoint.io import aws, secret_store
 
 VALUE = "hf_PLANTEDstoreValue7"
 
@@ -82,6 +82,7 @@ class _Refusing(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests += 1
         status, code = self.server.error
         body = json.dumps({"__type": code, "message": f"injected {code}"}).encode()
         self.send_response(status)
@@ -92,9 +93,20 @@ class _Refusing(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def refusing(aws_env, monkeypatch):
+def fresh_session():
+    """aws.client's cached session may read an os.environ the process no longer has (datasets'
+    map(num_proc=...) swaps os.environ for a copy), so it would miss this test's AWS_MAX_ATTEMPTS=1
+    and wait out 8 attempts of backoff: a new session reads the environment the test sets."""
+    aws._session.cache_clear()
+    yield
+    aws._session.cache_clear()
+
+
+@pytest.fixture
+def refusing(aws_env, monkeypatch, fresh_session):
     """Secrets Manager at a server that refuses every request as told; botocore retries off."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    server.requests = 0
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
@@ -121,11 +133,12 @@ def test_refusals_are_the_users_and_throttling_the_worlds(refusing, error, famil
     with pytest.raises((UserError, WorldError)) as info:
         secret_store.read(refs(HF_TOKEN=ARN))
     assert type(info.value) is family and f"FT_SECRETS: HF_TOKEN from {ARN}: {expected}" in str(info.value)
+    assert refusing.requests == 1  # AWS_MAX_ATTEMPTS=1 honoured: no backoff waited out
     if family is UserError and "access denied" in expected:
         assert "secretsmanager:GetSecretValue on this ARN, and kms:Decrypt" in str(info.value)
 
 
-def test_an_unreachable_service_is_the_worlds_error(aws_env, monkeypatch):
+def test_an_unreachable_service_is_the_worlds_error(aws_env, monkeypatch, fresh_session):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
