@@ -125,13 +125,14 @@ class Job:
     code: Path  # the snapshot's folder (set by main); the job runs there so it imports the snapshot
     running: set[subprocess.Popen] = set()
 
-    def __init__(self, env: dict, on_line=None):
+    def __init__(self, env: dict, on_line=None, code: Path | None = None):
         self.started = time.monotonic()
         self._children_cpu = children_cpu_s()
-        env = dict(env, PYTHONPATH=str(self.code))
+        code = code or self.code  # another snapshot (an older commit) for this job alone
+        env = dict(env, PYTHONPATH=str(code))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "entrypoint", "train"],
-            cwd=self.code,
+            cwd=code,
             env=env,
             text=True,
             stdout=subprocess.PIPE,

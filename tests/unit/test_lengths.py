@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, BertForSequenceClassification, TrainingArguments
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from entrypoint.config.platform import Runtime
 from entrypoint.config.settings import load_settings
@@ -49,6 +50,27 @@ def test_grouped_order_depends_on_seed_and_epoch_alone_not_the_global_rng():
 
     shuffled = torch.randperm(400, generator=torch.Generator().manual_seed(1)).tolist()
     assert padded(first) < 0.75 * padded(shuffled)
+
+
+def test_grouped_batches_are_the_trainers_in_a_seeded_order_longest_batch_first():
+    sizes = [(i * 37) % 61 + 1 for i in range(403)]  # 50 full batches of 8 and a last one of 3
+
+    def batches(order):
+        return [order[k : k + 8] for k in range(0, len(order), 8)]
+
+    def grouped(seed, epoch):  # the Trainer's grouping, batches in the order it makes them
+        generator = torch.Generator().manual_seed(seed + epoch)
+        return batches(get_length_grouped_indices(sizes, 8, generator=generator))
+
+    for seed, epoch in [(3, 0), (3, 1), (4, 1)]:
+        sampler = lengths.SeededLengthGroupedSampler(8, sizes, seed=seed)
+        sampler.set_epoch(epoch)
+        ours, theirs = batches(list(sampler)), grouped(seed, epoch)
+        assert sorted(map(sorted, ours)) == sorted(map(sorted, theirs))  # the same batches: the same padding
+        assert all(len(b) == 8 for b in ours[:-1]) and ours[-1] == theirs[-1]  # the short one stays last
+        assert ours[0] == theirs[0] and max(sizes) in [sizes[i] for i in ours[0]]  # an OOM shows at once
+        assert ours != theirs  # not the saw-tooth of lengths
+        assert batches(list(sampler)) == ours  # from (seed, epoch) alone
 
 
 def test_longest_first_is_descending_and_stable():
