@@ -45,18 +45,24 @@ def kill_at(
     the time the spot notice gave (`notice_at`), or `grace_s` after a SIGTERM that came after the
     notice (`signalled_at`) if that is sooner; else `grace_s` after the request. An explicit
     FT_STOP_GRACE_SECONDS (`grace_overridden`) wins over the notice."""
-    if notice_at is not None and not grace_overridden:
-        return notice_at if signalled_at is None else min(notice_at, signalled_at + grace_s)
-    return requested_at + grace_s
+    return kill_time(requested_at, notice_at, grace_s, grace_overridden, signalled_at)[0]
 
 
 def deadline_source(notice_at: float | None, grace_s: float, grace_overridden: bool, signalled_at: float | None) -> str:
     """Where the kill time of `kill_at` came from, in words for the job's messages."""
+    return kill_time(0.0, notice_at, grace_s, grace_overridden, signalled_at)[1]
+
+
+def kill_time(
+    requested_at: float, notice_at: float | None, grace_s: float, grace_overridden: bool, signalled_at: float | None
+) -> tuple[float, str]:
+    """kill_at's time and where it came from: one decision for both."""
+    grace = f"{grace_s:.0f} s after %s (the platform's grace; FT_STOP_GRACE_SECONDS sets it)"
     if notice_at is not None and not grace_overridden:
         if signalled_at is not None and signalled_at + grace_s < notice_at:
-            return f"{grace_s:.0f} s after SIGTERM (the platform's grace; FT_STOP_GRACE_SECONDS sets it)"
-        return "the time in the spot interruption notice"
-    return f"{grace_s:.0f} s after the stop request (the platform's grace; FT_STOP_GRACE_SECONDS sets it)"
+            return signalled_at + grace_s, grace % "SIGTERM"
+        return notice_at, "the time in the spot interruption notice"
+    return requested_at + grace_s, grace % "the stop request"
 
 
 def durable_by(requested_at: float, kill: float) -> float:
