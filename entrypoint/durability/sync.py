@@ -298,7 +298,7 @@ class CheckpointSync:
         """Another machine: world rank 0's retention applied to this machine's parts, where the
         checkpoint location is a folder of this machine (an S3 prefix is one store for all machines:
         world rank 0's retention has covered it)."""
-        if not isinstance(self.store, storage.LocalStore):
+        if storage.is_s3(self.store.uri):
             return
         try:
             doomed = parts_to_delete(checkpoints_from(self.store.list(), {}), news["keep"], self.generation)
