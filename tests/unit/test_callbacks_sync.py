@@ -29,6 +29,22 @@ class Saves(TrainerCallback):
         return control
 
 
+def tiny_trainer(tmp_path, rows: int, callbacks_: list, **schedule) -> Trainer:
+    """The Tiny model on `rows` random examples, batch 2, on the CPU; `schedule`: save and length settings."""
+    generator = torch.Generator().manual_seed(0)
+    data = [{"x": torch.randn(2, generator=generator), "y": torch.randn((), generator=generator)} for _ in range(rows)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "checkpoints"),
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+        **schedule,
+    )
+    return Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=callbacks_)
+
+
 def train_with_a_stop_mid_epoch(tmp_path, *extra: TrainerCallback) -> list[int]:
     """Two epochs of 8 steps, saved at each epoch's end; a SIGTERM arrives at step 3."""
     stop = interruption.StopRequest()
@@ -39,21 +55,9 @@ def train_with_a_stop_mid_epoch(tmp_path, *extra: TrainerCallback) -> list[int]:
                 stop.request("SIGTERM", signal.SIGTERM)
             return control
 
-    generator = torch.Generator().manual_seed(0)
-    data = [{"x": torch.randn(2, generator=generator), "y": torch.randn((), generator=generator)} for _ in range(16)]
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "checkpoints"),
-        save_strategy="epoch",
-        num_train_epochs=2,
-        per_device_train_batch_size=2,
-        report_to=[],
-        use_cpu=True,
-        logging_strategy="no",
-        disable_tqdm=True,
-    )
     saves = Saves()
     callbacks_ = [SigtermAtStep3(), interruption.StopOnRequest(stop), *extra, saves]
-    Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=callbacks_).train()
+    tiny_trainer(tmp_path, 16, callbacks_, save_strategy="epoch", num_train_epochs=2).train()
     return saves.steps
 
 
@@ -95,22 +99,8 @@ def test_a_superseded_attempt_stops_training_at_the_next_step(tmp_path):
                 assert sync.wait(30)
             return control
 
-    generator = torch.Generator().manual_seed(0)
-    data = [{"x": torch.randn(2, generator=generator), "y": torch.randn((), generator=generator)} for _ in range(40)]
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "checkpoints"),
-        save_strategy="steps",
-        save_steps=2,
-        max_steps=20,
-        per_device_train_batch_size=2,
-        report_to=[],
-        use_cpu=True,
-        logging_strategy="no",
-        disable_tqdm=True,
-    )
-    trainer = Trainer(
-        model=Tiny(), args=args, train_dataset=data, callbacks=[UploadedAtStep3(), callbacks.SyncCheckpoints(sync)]
-    )
+    callbacks_ = [UploadedAtStep3(), callbacks.SyncCheckpoints(sync)]
+    trainer = tiny_trainer(tmp_path, 40, callbacks_, save_strategy="steps", save_steps=2, max_steps=20)
     trainer.train()
     sync.close()
     assert sync.superseded and trainer.state.global_step == 3  # not the 20 it was asked for
